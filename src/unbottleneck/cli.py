@@ -1,0 +1,104 @@
+"""Command line: ``unbottleneck run NAME [--quick] [--set key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unbottleneck",
+        description="Breaking the activation function bottleneck: run experiments and list them.",
+    )
+    parser.add_argument("--version", action="version", version=f"unbottleneck {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("list", help="list the experiments and what they do")
+
+    run = sub.add_parser("run", help="run an experiment and write its report",
+                         description="Run an experiment; outputs go to --out (default runs/NAME).")
+    run.add_argument("name", help="experiment name (see `unbottleneck list`)")
+    run.add_argument("--quick", action="store_true", help="small, fast variant (smoke test)")
+    run.add_argument("--out", default=None, help="output folder (default runs/NAME[-quick])")
+    run.add_argument("--data-dir", default=None,
+                     help="folder holding the datasets (else $UNBOTTLENECK_DATA, else ~/.cache)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field (repeatable); lists are comma separated")
+    run.add_argument("--show-config", action="store_true", help="print the config and exit")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``unbottleneck`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+
+    from .experiments import REGISTRY, ConfigError, get_experiment, load_all, run_experiment
+
+    if args.command == "list":
+        load_all()
+        width = max(len(n) for n in REGISTRY)
+        for name in sorted(REGISTRY):
+            print(f"{name.ljust(width)}  {REGISTRY[name].summary}")
+        return 0
+
+    try:
+        exp = get_experiment(args.name)
+        cfg = exp.make_config(quick=args.quick, overrides=args.overrides)
+    except (KeyError, ConfigError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+        print(f"unbottleneck: error: {msg}", file=sys.stderr)
+        return 2
+    if args.show_config:
+        for f in dataclasses.fields(cfg):
+            print(f"{f.name} = {getattr(cfg, f.name)!r}")
+        return 0
+    if args.threads is not None:
+        if args.threads < 1:
+            print("unbottleneck: error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.data_dir is not None:
+        # Experiments resolve data through the same variable the data layer reads.
+        os.environ["UNBOTTLENECK_DATA"] = args.data_dir
+    command = "unbottleneck " + " ".join(shlex.quote(a) for a in argv)
+    from .data import DatasetNotFoundError
+
+    try:
+        results = run_experiment(
+            args.name,
+            quick=args.quick,
+            overrides=args.overrides,
+            out_dir=args.out,
+            data_dir=args.data_dir,
+            progress=not args.no_progress,
+            command=command,
+        )
+    except (DatasetNotFoundError, ConfigError) as exc:
+        print(f"unbottleneck: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unbottleneck: interrupted", file=sys.stderr)
+        return 130
+    out = args.out or os.path.join("runs", args.name + ("-quick" if args.quick else ""))
+    print(f"{args.name}: done in {results['wall_time_s']} s; report: {os.path.join(out, 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

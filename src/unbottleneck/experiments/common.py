@@ -1,0 +1,149 @@
+"""Pieces shared by the experiments: model builders, seeding, statistics, Markdown."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..iat import IAT
+
+ACTIVATIONS = ("relu", "iat-rectangular", "iat-piecewise_linear", "iat-fourier")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a private generator for data."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def parse_activation(name: str) -> tuple[str, dict[str, Any]]:
+    """``"relu"`` or ``"iat-<basis>[+zm]"`` -> (basis or "relu", IAT options).
+
+    The ``+zm`` suffix selects zero-mean basis functions (``zero_mean=True``).
+    """
+    if name == "relu":
+        return "relu", {}
+    if not name.startswith("iat-"):
+        raise ValueError(
+            f"unknown activation {name!r}; use 'relu' or 'iat-<basis>[+zm]' "
+            f"(e.g. {', '.join(ACTIVATIONS)}, iat-piecewise_linear+zm)"
+        )
+    from ..iat.basis import canonical_basis
+
+    basis, _, suffix = name[4:].partition("+")
+    if suffix not in ("", "zm"):
+        raise ValueError(f"unknown activation suffix {'+' + suffix!r} in {name!r}; only '+zm' exists")
+    canonical_basis(basis)
+    return basis, {"zero_mean": suffix == "zm"}
+
+
+def check_activation(name: str) -> None:
+    """Raise a clear ValueError for an activation name the experiments do not know."""
+    parse_activation(name)
+
+
+def make_activation(name: str, width: int, points_factor: int = 4, **iat_kwargs: Any) -> nn.Module:
+    """``"relu"`` -> nn.ReLU; ``"iat-<basis>[+zm]"`` -> IATReLU with M = points_factor * width."""
+    basis, options = parse_activation(name)
+    if basis == "relu":
+        return nn.ReLU()
+    return IAT(width, basis=basis, num_points=points_factor * width, **options, **iat_kwargs)
+
+
+def make_mlp(
+    in_features: int,
+    width: int,
+    out_features: int,
+    depth: int,
+    activation: str,
+    points_factor: int = 4,
+    **iat_kwargs: Any,
+) -> nn.Sequential:
+    """``depth`` hidden layers of size ``width``; the same parameters for every activation.
+
+    Linear layers use He-style init with the activation's own gain (sqrt(2) for ReLU,
+    :func:`~unbottleneck.iat.iat_gain` for IATs), so all variants start from the same
+    scale and differ only in the activation.
+    """
+    from ..iat import iat_gain
+
+    layers: list[nn.Module] = []
+    gain = 1.0
+    for i in range(depth):
+        lin = nn.Linear(in_features if i == 0 else width, width)
+        with torch.no_grad():
+            lin.weight.normal_(0.0, gain / math.sqrt(lin.in_features))
+            lin.bias.zero_()
+        act = make_activation(activation, width, points_factor, **iat_kwargs)
+        gain = math.sqrt(2.0) if isinstance(act, nn.ReLU) else iat_gain(act)
+        layers += [lin, act]
+    head = nn.Linear(width, out_features)
+    with torch.no_grad():
+        head.weight.normal_(0.0, gain / math.sqrt(width))
+        head.bias.zero_()
+    layers.append(head)
+    return nn.Sequential(*layers)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def mean_std(values: Iterable[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max (std 0 for a single value).
+
+    NaN entries (a metric that does not apply, a run that never reached a level)
+    are left out; ``n`` counts the values used.
+    """
+    vals = [float(v) for v in values if not math.isnan(float(v))]
+    if not vals:
+        nan = float("nan")
+        return {"mean": nan, "std": nan, "min": nan, "max": nan, "n": 0}
+    return {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+    }
+
+
+def fmt(stats: dict[str, float], digits: int = 4, scientific: bool = False) -> str:
+    """``mean ± std`` for Markdown tables."""
+    f = f"{{:.{digits}e}}" if scientific else f"{{:.{digits}f}}"
+    if stats.get("n", 1) == 0:
+        return "n/a"
+    if stats.get("n", 1) > 1:
+        return f"{f.format(stats['mean'])} ± {f.format(stats['std'])}"
+    return f.format(stats["mean"])
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def total_variation(y: torch.Tensor) -> float:
+    """Total variation of samples on a 1-D grid."""
+    return float(y.diff().abs().sum())
+
+
+def roughness(y: torch.Tensor, h: float) -> float:
+    """Root-mean-square second derivative on a uniform 1-D grid of step ``h``."""
+    d2 = (y[2:] - 2 * y[1:-1] + y[:-2]) / (h * h)
+    return float(d2.pow(2).mean().sqrt())
+
+
+def pick_device(name: Optional[str]) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

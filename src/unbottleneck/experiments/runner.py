@@ -1,0 +1,283 @@
+"""Experiment registry, typed config overrides and the output folder of a run.
+
+Every experiment is a function ``run(cfg, ctx) -> dict`` registered with a
+``@dataclass`` config and a small ``quick`` override set.  A run writes, into
+its output folder: ``config.json``, ``results.json`` (config, environment,
+metrics), CSV curves, PNG figures and ``report.md``.  All files are written
+atomically (temporary file + ``os.replace``) so an interrupted run never
+leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+
+class ConfigError(ValueError):
+    """A bad ``--set key=value`` override or an invalid config value."""
+
+
+@dataclass
+class Experiment:
+    name: str
+    config_cls: type
+    fn: Callable[[Any, RunContext], dict]
+    quick: dict[str, Any]
+    summary: str
+    needs_data: tuple[str, ...] = ()
+
+    def make_config(self, quick: bool = False, overrides: Iterable[str] = ()) -> Any:
+        cfg = self.config_cls()
+        if quick:
+            cfg = dataclasses.replace(cfg, **self.quick)
+        return apply_overrides(cfg, overrides)
+
+
+REGISTRY: dict[str, Experiment] = {}
+
+
+def register(
+    name: str, config: type, quick: dict[str, Any], summary: str, needs_data: tuple[str, ...] = ()
+) -> Callable:
+    """Decorator adding ``fn(cfg, ctx) -> dict`` to the registry under ``name``."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError("config must be a dataclass")
+    unknown = set(quick) - {f.name for f in fields(config)}
+    if unknown:
+        raise TypeError(f"quick overrides name unknown fields: {sorted(unknown)}")
+
+    def wrap(fn: Callable) -> Callable:
+        REGISTRY[name] = Experiment(name, config, fn, dict(quick), summary, needs_data)
+        return fn
+
+    return wrap
+
+
+def get_experiment(name: str) -> Experiment:
+    """Look up an experiment by name, with a helpful error for unknown ones."""
+    from . import load_all
+
+    load_all()
+    if name not in REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+# ---------------------------------------------------------------------------------------
+# Typed overrides
+# ---------------------------------------------------------------------------------------
+
+
+def _convert(text: str, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        if text.lower() in ("none", "null", ""):
+            if type(None) in args:
+                return None
+        return _convert(text, non_none[0], key)
+    if origin in (tuple, list):
+        inner = args[0] if args else str
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        values = [_convert(t, inner, key) for t in items]
+        return tuple(values) if origin is tuple else values
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if tp is str:
+            return text
+    except ValueError:
+        raise ConfigError(f"--set {key}={text}: expected a value of type {tp.__name__}") from None
+    raise ConfigError(f"--set {key}: fields of type {tp} cannot be set from the command line")
+
+
+def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
+    """Return a copy of ``cfg`` with ``key=value`` strings applied (typed by the field)."""
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in fields(cfg)]
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"bad override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in names:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(names)}")
+        changes[key] = _convert(value.strip(), hints[key], key)
+    cfg = dataclasses.replace(cfg, **changes)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc)) from None
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------
+# Run context: output folder, atomic writes, progress bars
+# ---------------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def environment() -> dict[str, Any]:
+    """Facts about the machine that a result depends on."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+@dataclass
+class RunContext:
+    """Where and how a run writes its outputs."""
+
+    out_dir: Path
+    progress: bool = True
+    data_dir: Optional[str] = None
+    command: str = ""
+    files: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def bar(self, total: int, desc: str):
+        """A tqdm progress bar (silent when progress is off)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False,
+                    dynamic_ncols=True, file=sys.stderr)
+
+    def _record(self, name: str) -> Path:
+        if name not in self.files:
+            self.files.append(name)
+        return self.out_dir / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = self._record(name)
+        atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+        return path
+
+    def write_csv(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Write a list of dicts as CSV (columns: union of keys, in first-seen order)."""
+        path = self._record(name)
+        columns: list[str] = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(_jsonable(rows))
+        atomic_write_bytes(path, buf.getvalue().encode())
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self._record(name)
+        atomic_write_bytes(path, text.encode())
+        return path
+
+    def savefig(self, fig: Any, name: str) -> Path:
+        """Save a matplotlib figure as PNG (atomically) and close it."""
+        import matplotlib.pyplot as plt
+
+        path = self._record(name)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+
+def run_experiment(
+    name: str,
+    quick: bool = False,
+    overrides: Iterable[str] = (),
+    out_dir: Optional[str | os.PathLike] = None,
+    data_dir: Optional[str] = None,
+    progress: bool = True,
+    command: str = "",
+) -> dict[str, Any]:
+    """Run a registered experiment and write its outputs; returns ``results.json``'s content."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: figures are only ever written to files
+    exp = get_experiment(name)
+    cfg = exp.make_config(quick=quick, overrides=overrides)
+    out = Path(out_dir) if out_dir is not None else Path("runs") / (name + ("-quick" if quick else ""))
+    ctx = RunContext(out, progress=progress, data_dir=data_dir, command=command)
+    ctx.write_json("config.json", cfg)
+    start = time.time()
+    metrics = exp.fn(cfg, ctx)
+    results = {
+        "experiment": name,
+        "quick": quick,
+        "command": command,
+        "config": cfg,
+        "environment": environment(),
+        "wall_time_s": round(time.time() - start, 2),
+        "metrics": metrics,
+        "files": sorted(ctx.files + ["results.json"]),
+    }
+    ctx.write_json("results.json", results)
+    return _jsonable(results)

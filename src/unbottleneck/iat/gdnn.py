@@ -1,0 +1,92 @@
+"""GDNN: the discretised continuous-width network, Linear -> IAT -> ... -> Linear."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .analysis import iat_gain
+from .module import IAT
+
+INITS = ("iat_gain", "torch")
+
+
+class GDNN(nn.Module):
+    """``depth`` IAT layers between ``depth + 1`` linear layers.
+
+    ``in_features -> hidden -> IAT -> hidden -> IAT -> ... -> out_features``.  With
+    finite-rank kernels a generalised (continuous-width) DNN is exactly this
+    network; after discretisation it is a width-M ReLU network whose hidden
+    weights ``P A Q^T diag(w)`` have rank at most ``hidden_features``.
+
+    Initialisation (``init="iat_gain"``, the default): every linear layer that
+    follows an IAT draws ``W ~ N(0, g^2 / fan_in)`` with ``g = iat_gain(IAT)``,
+    the factor that makes ``E||Linear(IAT(z))||^2 = E||z||^2`` for isotropic
+    Gaussian ``z``; the first layer uses ``g = 1`` and biases start at zero.  This
+    is He initialisation with ReLU's sqrt(2) replaced by the IAT's own gain (and
+    reduces to it exactly for the rectangular basis), so activation scale stays
+    flat with depth.  ``init="torch"`` keeps PyTorch's default ``nn.Linear`` init.
+
+    Args:
+        in_features, hidden_features, out_features: layer sizes (hidden = d).
+        depth: number of IAT layers (>= 1).
+        bias: use biases in the linear layers.
+        init: ``"iat_gain"`` or ``"torch"``.
+        **iat_kwargs: forwarded to :class:`IAT` (``basis``, ``num_points``, ``q``, ...).
+
+    Shape:
+        (..., in_features) -> (..., out_features)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int,
+        depth: int = 2,
+        bias: bool = True,
+        init: str = "iat_gain",
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        **iat_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("hidden_features", hidden_features),
+                            ("out_features", out_features), ("depth", depth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        if "out_features" in iat_kwargs:
+            raise ValueError("GDNN's IAT layers are square; choose q among 'dual', 'same', 'normalized'")
+        factory = {"device": device, "dtype": dtype}
+        self.depth = depth
+        self.linears = nn.ModuleList(
+            [nn.Linear(in_features, hidden_features, bias=bias, **factory)]
+            + [nn.Linear(hidden_features, hidden_features, bias=bias, **factory) for _ in range(depth - 1)]
+            + [nn.Linear(hidden_features, out_features, bias=bias, **factory)]
+        )
+        self.activations = nn.ModuleList(
+            [IAT(hidden_features, **iat_kwargs, **factory) for _ in range(depth)]
+        )
+        self.init = init
+        if init == "iat_gain":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Re-draw the linear layers with the IAT-gain initialisation."""
+        gains = [1.0] + [iat_gain(act) for act in self.activations]
+        for gain, lin in zip(gains, self.linears):
+            lin.weight.normal_(0.0, gain / lin.in_features**0.5)
+            if lin.bias is not None:
+                lin.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        h = self.linears[0](x)
+        for act, lin in zip(self.activations, self.linears[1:]):
+            h = lin(act(h))
+        return h

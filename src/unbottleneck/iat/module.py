@@ -1,0 +1,285 @@
+"""``IAT`` / ``IATReLU``: the Integral Activation Transform as an ``nn.Module``."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .basis import BasisSpec, basis_name, canonical_basis, evaluate_basis
+from .functional import (
+    Nonlinearity,
+    StructuredIAT,
+    build_structure,
+    iat_fast,
+    iat_reference,
+    resolve_nonlinearity,
+)
+from .quadrature import canonical_quadrature, quadrature_rule
+
+Q_MODES = ("dual", "same", "normalized")
+IMPLEMENTATIONS = ("auto", "fast", "reference")
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _output_basis(q: Union[str, BasisSpec]) -> BasisSpec:
+    """Canonical output family for a ``q`` that is not one of ``Q_MODES``."""
+    try:
+        return canonical_basis(q)
+    except ValueError:
+        raise ValueError(
+            f"unknown q {q!r}; choose one of {', '.join(Q_MODES)} or an output basis "
+            "(rectangular, piecewise_linear, fourier or a callable)"
+        ) from None
+
+
+def discretize(
+    features: int,
+    out_features: Optional[int] = None,
+    basis: BasisSpec = "piecewise_linear",
+    num_points: Optional[int] = None,
+    quadrature: str = "midpoint",
+    zero_mean: bool = False,
+    q: Union[str, BasisSpec] = "dual",
+) -> dict[str, torch.Tensor]:
+    """Build nodes, weights, ``P`` (M, d) and ``Qw = diag(w) Q`` (M, m) in float64.
+
+    ``q`` says how the output basis relates to ``p``:
+
+    * ``"dual"`` (default): ``q = p Gram^+`` with ``Gram = integral p p^T`` (by the
+      same quadrature), so ``integral q p^T = I`` and IAT(z) - IAT(-z) = z, the
+      identity ReLU satisfies.  For the rectangular basis this is indicator / cell
+      width (the spec's ReLU oracle); for the orthonormal Fourier basis it is p.
+      If p is rank deficient (e.g. ``zero_mean`` on a partition of unity) the
+      pseudo-inverse makes G the orthogonal projector onto the span instead.
+    * ``"same"``: ``q = p``.
+    * ``"normalized"``: ``q_i = p_i / integral p_i^2``; equals ``"dual"`` for
+      orthogonal bases and stays local (banded) for local ones, which is faster.
+    * a basis name or callable: an independent output family with ``out_features``
+      functions (then m may differ from d).
+    """
+    d = _check_int("features", features, 1)
+    m_points = 4 * d if num_points is None else _check_int("num_points", num_points, 1)
+    s, w = quadrature_rule(quadrature, m_points)
+    P = evaluate_basis(basis, s, d)
+    if zero_mean:
+        # Subtract each function's mean *under the quadrature in use*, so the
+        # discretised functions integrate to exactly zero.
+        P = P - (w @ P) / w.sum()
+    if isinstance(q, str) and q.lower() in Q_MODES:
+        mode = q.lower()
+        if out_features is not None and out_features != d:
+            raise ValueError(
+                f"q={mode!r} ties the output size to the input size ({d}); got out_features="
+                f"{out_features}.  Pass an output basis (e.g. q='fourier') to change it."
+            )
+        if mode == "same":
+            Q = P
+        elif mode == "normalized":
+            norms = w @ (P * P)
+            if (norms <= 0).any():
+                raise ValueError("q='normalized' needs every basis function to be non-zero on the nodes")
+            Q = P / norms
+        else:
+            gram = P.t() @ (w[:, None] * P)
+            Q = P @ torch.linalg.pinv(gram, hermitian=True)
+    else:
+        m = d if out_features is None else _check_int("out_features", out_features, 1)
+        Q = evaluate_basis(_output_basis(q), s, m)
+        if zero_mean:
+            Q = Q - (w @ Q) / w.sum()
+    return {"nodes": s, "weights": w, "P": P, "Qw": w[:, None] * Q}
+
+
+def _refresh_after_load(module: IAT, incompatible_keys: object) -> None:
+    module.refresh()
+
+
+class IAT(nn.Module):
+    r"""Integral Activation Transform: a drop-in activation layer.
+
+    Lifts ``z`` (..., d) to the state function ``f(s) = p(s)^T z`` on [-1, 1],
+    applies ``sigma`` pointwise and integrates against ``q``:
+    ``y_j = \int q_j(s) sigma(f(s)) ds``, discretised with M quadrature nodes as
+    ``y = Q^T diag(w) sigma(P z)``.
+
+    Args:
+        features: d, size of the last input dimension.
+        out_features: m (default d; only differs with an explicit output basis ``q``).
+        basis: ``"rectangular"``, ``"piecewise_linear"`` (default), ``"fourier"`` or a
+            callable ``fn(s) -> Tensor[M, d]``.
+        num_points: M, quadrature nodes (default ``4 * features``).
+        quadrature: ``"midpoint"`` (default), ``"trapezoid"`` or ``"gauss_legendre"``.
+        zero_mean: subtract each basis function's mean so it integrates to zero.
+        q: output basis: ``"dual"`` (default), ``"same"``, ``"normalized"``, or a family.
+        nonlinearity: ``"relu"`` (default) or another name/callable.
+        trainable: make the discretised bases ``P`` and ``Qw`` trainable parameters.
+        implementation: ``"auto"`` (fast unless trainable), ``"fast"`` or ``"reference"``.
+        check_finite: raise on NaN/inf input (costs a device sync, breaks compile graphs).
+
+    Shape:
+        input (..., d) -> output (..., m).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        out_features: Optional[int] = None,
+        basis: BasisSpec = "piecewise_linear",
+        num_points: Optional[int] = None,
+        quadrature: str = "midpoint",
+        zero_mean: bool = False,
+        q: Union[str, BasisSpec] = "dual",
+        nonlinearity: Union[str, Nonlinearity] = "relu",
+        trainable: bool = False,
+        implementation: str = "auto",
+        check_finite: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}"
+            )
+        if implementation == "fast" and trainable:
+            raise ValueError("implementation='fast' treats the bases as constants; use trainable=False")
+        self.basis = canonical_basis(basis)
+        self.quadrature = canonical_quadrature(quadrature)
+        self.q_mode = q if isinstance(q, str) and q.lower() in Q_MODES else _output_basis(q)
+        self.zero_mean = bool(zero_mean)
+        self.sigma_name, self.sigma = resolve_nonlinearity(nonlinearity)
+        self.trainable = bool(trainable)
+        self.implementation = implementation
+        self.check_finite = bool(check_finite)
+
+        mats = discretize(features, out_features, basis, num_points, quadrature, zero_mean, q)
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be floating point, got {dtype}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = features
+        self.out_features = mats["Qw"].shape[1]
+        self.num_points = mats["P"].shape[0]
+        self.register_buffer("nodes", mats["nodes"].to(**factory))
+        self.register_buffer("weights", mats["weights"].to(**factory))
+        if self.trainable:
+            self.P = nn.Parameter(mats["P"].to(**factory))
+            self.Qw = nn.Parameter(mats["Qw"].to(**factory))
+        else:
+            self.register_buffer("P", mats["P"].to(**factory))
+            self.register_buffer("Qw", mats["Qw"].to(**factory))
+        self._ops: Optional[StructuredIAT] = None
+        self.refresh()
+        # A loaded state dict may carry different bases: rebuild the operators.
+        # (A module-level function, not a lambda, so the module stays picklable.)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    # -- structure --------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Rebuild the fast operators from ``P`` and ``Qw``.
+
+        Called automatically after ``.to()``/``.double()``/``load_state_dict``; call it
+        yourself only after editing ``P`` or ``Qw`` in place.
+        """
+        if self.trainable or self.implementation == "reference":
+            self._ops = None
+        else:
+            self._ops = build_structure(self.P.detach(), self.Qw.detach())
+
+    def __getstate__(self):  # type: ignore[override]
+        # The operators may hold sparse CSR tensors, which copy.deepcopy cannot copy;
+        # they are derived from P and Qw, so drop them and rebuild on unpickling.
+        state = super().__getstate__()
+        state = dict(state)
+        state["_ops"] = None
+        return state
+
+    def __setstate__(self, state):  # type: ignore[override]
+        super().__setstate__(state)
+        self.refresh()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # .to(), .cuda(), .double() ... replace the buffers; the gathers must follow.
+        out = super()._apply(fn, recurse)
+        self.refresh()
+        return out
+
+    @property
+    def use_fast(self) -> bool:
+        """Whether forward takes the structured, recomputing path.
+
+        ``"auto"`` takes it when a basis is sparse (local bases: several times
+        faster than dense); for dense bases the recomputation costs an extra
+        matmul, so ``"auto"`` keeps the reference path there and ``"fast"``
+        opts into the memory saving.
+        """
+        if self.implementation == "reference" or self.trainable:
+            return False
+        if self.implementation == "fast":
+            return True
+        return self._ops is not None and any(self._ops.sparse)
+
+    # -- forward ----------------------------------------------------------------------
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Apply the transform to ``z`` (..., d) -> (..., m)."""
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"IAT expects a torch.Tensor, got {type(z).__name__}")
+        if z.dim() == 0 or z.shape[-1] != self.in_features:
+            raise ValueError(
+                f"IAT expects input of shape (..., {self.in_features}), got {tuple(z.shape)}"
+            )
+        if not z.is_floating_point():
+            raise TypeError(f"IAT expects a floating point input, got {z.dtype}")
+        if z.dtype != self.P.dtype:
+            raise TypeError(
+                f"input dtype {z.dtype} does not match the IAT's dtype {self.P.dtype}; "
+                f"call .to({z.dtype}) on the module or cast the input"
+            )
+        if self.check_finite and not torch.isfinite(z).all():
+            raise ValueError("IAT input contains NaN or inf values")
+        # Sparse CSR tensors do not trace under torch.compile; the dense form does
+        # and inductor fuses it, so compiled graphs use the reference path.
+        if self.use_fast and not torch.compiler.is_compiling():
+            return iat_fast(z, self._ops, self.sigma_name, self.sigma)
+        return iat_reference(z, self.P, self.Qw, self.sigma)
+
+    def reference(self, z: torch.Tensor) -> torch.Tensor:
+        """The dense reference path, whatever ``implementation`` says (for checks)."""
+        return iat_reference(z, self.P, self.Qw, self.sigma)
+
+    # -- analysis helpers -------------------------------------------------------------
+    def state_function(self, z: torch.Tensor) -> torch.Tensor:
+        """``f(s_k; z)`` at the quadrature nodes, (..., M)."""
+        return z @ self.P.t()
+
+    def gram(self) -> torch.Tensor:
+        """``G = integral q p^T`` (m, d): IAT(z) - IAT(-z) = G z for IAT-ReLU."""
+        return self.Qw.t() @ self.P
+
+    def extra_repr(self) -> str:
+        q = self.q_mode if isinstance(self.q_mode, str) else basis_name(self.q_mode)
+        return (
+            f"features={self.in_features}, out_features={self.out_features}, "
+            f"basis={basis_name(self.basis)}, num_points={self.num_points}, "
+            f"quadrature={self.quadrature}, zero_mean={self.zero_mean}, q={q}, "
+            f"nonlinearity={self.sigma_name}, trainable={self.trainable}"
+        )
+
+
+class IATReLU(IAT):
+    """IAT with the ReLU nonlinearity (the seed's IAT-ReLU); same arguments as :class:`IAT`."""
+
+    def __init__(self, features: int, *args, **kwargs) -> None:
+        if "nonlinearity" in kwargs and kwargs["nonlinearity"] != "relu":
+            raise ValueError("IATReLU fixes nonlinearity='relu'; use IAT for other nonlinearities")
+        kwargs["nonlinearity"] = "relu"
+        super().__init__(features, *args, **kwargs)
