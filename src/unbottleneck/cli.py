@@ -7,7 +7,7 @@ import dataclasses
 import os
 import shlex
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from . import __version__
 
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unbottleneck`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -73,9 +73,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.data_dir is not None:
-        # Experiments resolve data through the same variable the data layer reads.
-        os.environ["UNBOTTLENECK_DATA"] = args.data_dir
     command = "unbottleneck " + " ".join(shlex.quote(a) for a in argv)
     from .data import DatasetNotFoundError
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,7 +144,7 @@ def roughness(y: torch.Tensor, h: float) -> float:
     return float(d2.pow(2).mean().sqrt())
 
 
-def pick_device(name: Optional[str]) -> torch.device:
+def pick_device(name: str | None) -> torch.device:
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -171,10 +171,10 @@ def run(cfg: IATFitConfig, ctx: RunContext) -> dict:
         for act in cfg.activations:
             steps = [c["step"] for c in runs[target, act][0]["curve"]]
             vals = torch.tensor([[c["test_mse"] for c in r["curve"]] for r in runs[target, act]])
-            mean = vals.mean(0)
-            ax.plot(steps, mean, label=act)
+            ax.plot(steps, vals.mean(0).numpy(), label=act)
             if vals.shape[0] > 1:
-                ax.fill_between(steps, vals.min(0).values, vals.max(0).values, alpha=0.2)
+                ax.fill_between(steps, vals.min(0).values.numpy(), vals.max(0).values.numpy(),
+                                alpha=0.2)
         ax.set_yscale("log")
         ax.set_xlabel("Adam step")
         ax.set_ylabel("test MSE")
@@ -184,12 +184,12 @@ def run(cfg: IATFitConfig, ctx: RunContext) -> dict:
     t1 = [t for t in cfg.targets if t in TARGETS_1D]
     if t1:
         fig, axes = plt.subplots(len(t1), 1, figsize=(8, 3 * len(t1)), squeeze=False)
-        for ax, target in zip(axes[:, 0], t1):
+        for ax, target in zip(axes[:, 0], t1, strict=False):
             ref = runs[target, cfg.activations[0]][0]
-            ax.plot(ref["x_test"][:, 0], ref["y_test"][:, 0], "k", lw=2, alpha=0.4, label="target")
+            ax.plot(ref["x_test"][:, 0].numpy(), ref["y_test"][:, 0].numpy(), "k", lw=2, alpha=0.4, label="target")
             for act in cfg.activations:
                 r = runs[target, act][0]
-                ax.plot(r["x_test"][:, 0], r["pred"][:, 0], lw=1, label=act)
+                ax.plot(r["x_test"][:, 0].numpy(), r["pred"][:, 0].numpy(), lw=1, label=act)
             ax.set_title(f"learned functions, {target} (seed 0)")
             ax.legend(fontsize=7, ncol=3)
         ctx.savefig(fig, "fits_1d.png")
@@ -198,8 +198,8 @@ def run(cfg: IATFitConfig, ctx: RunContext) -> dict:
         panels = [("target", runs[target, cfg.activations[0]][0]["y_test"])]
         panels += [(a, runs[target, a][0]["pred"]) for a in cfg.activations]
         fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3))
-        for ax, (title, vals) in zip(axes, panels):
-            ax.imshow(vals[:, 0].reshape(n, n).T, origin="lower", extent=(-1, 1, -1, 1), cmap="RdBu",
+        for ax, (title, vals) in zip(axes, panels, strict=False):
+            ax.imshow(vals[:, 0].reshape(n, n).T.numpy(), origin="lower", extent=(-1, 1, -1, 1), cmap="RdBu",
                       vmin=-1.2, vmax=1.2)
             ax.set_title(title, fontsize=8)
             ax.set_xticks([])

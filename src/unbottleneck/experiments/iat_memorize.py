@@ -153,9 +153,9 @@ def run(cfg: IATMemorizeConfig, ctx: RunContext) -> dict:
     for a, rs in runs.items():
         acc = torch.tensor([[c["train_acc"] for c in r["curve"]] for r in rs])
         epochs = range(1, acc.shape[1] + 1)
-        ax.plot(epochs, acc.mean(0), label=a)
+        ax.plot(epochs, acc.mean(0).numpy(), label=a)
         if acc.shape[0] > 1:
-            ax.fill_between(epochs, acc.min(0).values, acc.max(0).values, alpha=0.2)
+            ax.fill_between(epochs, acc.min(0).values.numpy(), acc.max(0).values.numpy(), alpha=0.2)
     ax.axhline(1.0 / cfg.num_classes, color="grey", ls=":", lw=1, label="chance")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training accuracy (random labels)")

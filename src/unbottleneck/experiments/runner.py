@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import torch
 
@@ -194,7 +195,7 @@ class RunContext:
 
     out_dir: Path
     progress: bool = True
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     command: str = ""
     files: list[str] = field(default_factory=list)
 
@@ -253,8 +254,8 @@ def run_experiment(
     name: str,
     quick: bool = False,
     overrides: Iterable[str] = (),
-    out_dir: Optional[str | os.PathLike] = None,
-    data_dir: Optional[str] = None,
+    out_dir: str | os.PathLike | None = None,
+    data_dir: str | None = None,
     progress: bool = True,
     command: str = "",
 ) -> dict[str, Any]:

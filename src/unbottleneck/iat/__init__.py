@@ -1,6 +1,12 @@
 """Integral Activation Transform (IAT): modules, functional forms, bases and analysis."""
 
-from .analysis import activation_matrix, activation_pattern, iat_gain, pattern_jump, pattern_sensitivity
+from .analysis import (
+    activation_matrix,
+    activation_pattern,
+    iat_gain,
+    pattern_jump,
+    pattern_sensitivity,
+)
 from .basis import BASES, basis_properties, evaluate_basis
 from .functional import NONLINEARITIES, build_structure, iat_fast, iat_reference
 from .gdnn import GDNN

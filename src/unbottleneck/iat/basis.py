@@ -23,12 +23,12 @@ Any callable ``fn(s: Tensor[M]) -> Tensor[M, n]`` is accepted as a custom family
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 
 BasisFn = Callable[[torch.Tensor], torch.Tensor]
-BasisSpec = Union[str, BasisFn]
+BasisSpec = str | BasisFn
 
 BASES = ("rectangular", "piecewise_linear", "fourier")
 _ALIASES = {

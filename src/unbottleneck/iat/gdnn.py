@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,8 +48,8 @@ class GDNN(nn.Module):
         depth: int = 2,
         bias: bool = True,
         init: str = "iat_gain",
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
         **iat_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -79,7 +79,7 @@ class GDNN(nn.Module):
     def reset_parameters(self) -> None:
         """Re-draw the linear layers with the IAT-gain initialisation."""
         gains = [1.0] + [iat_gain(act) for act in self.activations]
-        for gain, lin in zip(gains, self.linears):
+        for gain, lin in zip(gains, self.linears, strict=False):
             lin.weight.normal_(0.0, gain / lin.in_features**0.5)
             if lin.bias is not None:
                 lin.bias.zero_()
@@ -87,6 +87,6 @@ class GDNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
         h = self.linears[0](x)
-        for act, lin in zip(self.activations, self.linears[1:]):
+        for act, lin in zip(self.activations, self.linears[1:], strict=False):
             h = lin(act(h))
         return h

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 from torch import nn
 
@@ -30,7 +28,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _output_basis(q: Union[str, BasisSpec]) -> BasisSpec:
+def _output_basis(q: str | BasisSpec) -> BasisSpec:
     """Canonical output family for a ``q`` that is not one of ``Q_MODES``."""
     try:
         return canonical_basis(q)
@@ -43,12 +41,12 @@ def _output_basis(q: Union[str, BasisSpec]) -> BasisSpec:
 
 def discretize(
     features: int,
-    out_features: Optional[int] = None,
+    out_features: int | None = None,
     basis: BasisSpec = "piecewise_linear",
-    num_points: Optional[int] = None,
+    num_points: int | None = None,
     quadrature: str = "midpoint",
     zero_mean: bool = False,
-    q: Union[str, BasisSpec] = "dual",
+    q: str | BasisSpec = "dual",
 ) -> dict[str, torch.Tensor]:
     """Build nodes, weights, ``P`` (M, d) and ``Qw = diag(w) Q`` (M, m) in float64.
 
@@ -132,18 +130,18 @@ class IAT(nn.Module):
     def __init__(
         self,
         features: int,
-        out_features: Optional[int] = None,
+        out_features: int | None = None,
         basis: BasisSpec = "piecewise_linear",
-        num_points: Optional[int] = None,
+        num_points: int | None = None,
         quadrature: str = "midpoint",
         zero_mean: bool = False,
-        q: Union[str, BasisSpec] = "dual",
-        nonlinearity: Union[str, Nonlinearity] = "relu",
+        q: str | BasisSpec = "dual",
+        nonlinearity: str | Nonlinearity = "relu",
         trainable: bool = False,
         implementation: str = "auto",
         check_finite: bool = False,
-        device: Optional[Union[str, torch.device]] = None,
-        dtype: Optional[torch.dtype] = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if implementation not in IMPLEMENTATIONS:
@@ -177,7 +175,7 @@ class IAT(nn.Module):
         else:
             self.register_buffer("P", mats["P"].to(**factory))
             self.register_buffer("Qw", mats["Qw"].to(**factory))
-        self._ops: Optional[StructuredIAT] = None
+        self._ops: StructuredIAT | None = None
         self.refresh()
         # A loaded state dict may carry different bases: rebuild the operators.
         # (A module-level function, not a lambda, so the module stays picklable.)

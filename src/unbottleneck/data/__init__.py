@@ -1,0 +1,39 @@
+"""Shared data layer: locating, verifying, downloading and loading datasets.
+
+Files live under ``<root>/<dataset>/`` where the root is an explicit
+``data_dir`` argument, else ``$UNBOTTLENECK_DATA``, else
+``~/.cache/unbottleneck/data`` (see :func:`resolve_data_dir`). Every file is
+pinned by size and sha256 in :data:`DATASETS`.
+"""
+
+from .download import (
+    DATA_ENV_VAR,
+    DATASETS,
+    ChecksumError,
+    DatasetNotFoundError,
+    DatasetSpec,
+    FileSpec,
+    dataset_dir,
+    fetch_dataset,
+    fetch_file,
+    resolve_data_dir,
+    sha256_file,
+)
+from .mnist import MNIST, load_mnist, read_idx
+
+__all__ = [
+    "DATASETS",
+    "DATA_ENV_VAR",
+    "MNIST",
+    "ChecksumError",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "FileSpec",
+    "dataset_dir",
+    "fetch_dataset",
+    "fetch_file",
+    "load_mnist",
+    "read_idx",
+    "resolve_data_dir",
+    "sha256_file",
+]
