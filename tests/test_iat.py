@@ -31,6 +31,7 @@ from unbottleneck.iat import (
     quadrature_rule,
 )
 from unbottleneck.iat.functional import resolve_nonlinearity
+from unbottleneck.iat.module import AUTO_FAST_MIN_SIZE
 
 DT = torch.float64
 Q_MODES = ("dual", "same", "normalized")
@@ -326,16 +327,20 @@ def test_fast_path_uses_sparse_operators_for_local_bases():
     assert make(D_FAST, basis="piecewise_linear", q="normalized")._ops.sparse == (True, True)
     assert make(D_FAST, basis="piecewise_linear", q="dual")._ops.sparse == (True, False)  # dual is dense
     assert make(D_FAST, basis="fourier")._ops.sparse == (False, False)
-    # "auto" takes the fast path exactly when something is sparse
-    assert make(D_FAST, basis="rectangular").use_fast
-    assert not make(D_FAST, basis="fourier").use_fast
+    # "auto" takes the fast path when something is sparse and d * M is large enough
+    assert not make(D_FAST, basis="rectangular").use_fast  # too small to pay off
+    big = 128  # d * M = 128 * 512 >= AUTO_FAST_MIN_SIZE
+    assert big * 4 * big >= AUTO_FAST_MIN_SIZE
+    assert make(big, basis="rectangular").use_fast
+    assert make(big, basis="piecewise_linear").use_fast
+    assert not make(big, basis="fourier").use_fast
     assert make(D_FAST, basis="fourier", implementation="fast").use_fast
     assert not make(D_FAST, basis="rectangular", implementation="reference").use_fast
 
 
 @pytest.mark.parametrize("shape", [(D_FAST,), (0, D_FAST), (2, 0, D_FAST), (1, 1, 1, D_FAST)])
 def test_fast_path_odd_shapes(shape):
-    m = make(D_FAST, basis="piecewise_linear", q="normalized")
+    m = make(D_FAST, basis="piecewise_linear", q="normalized", implementation="fast")
     assert m.use_fast
     z = randn(*shape, seed=1).requires_grad_()
     y = m(z)
@@ -718,7 +723,7 @@ def test_extra_repr():
 def test_deepcopy_and_pickle(basis):
     # Regression: the cached CSR operators made copy.deepcopy fail and the lambda
     # load hook made pickling fail.
-    m = make(D_FAST, basis=basis, q="normalized")
+    m = make(D_FAST, basis=basis, q="normalized", implementation="fast")
     z = randn(3, D_FAST, seed=8)
     for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
         assert clone.use_fast == m.use_fast
@@ -768,7 +773,8 @@ def _saved_bytes(fn, z: torch.Tensor) -> int:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fast_path_saves_only_the_input(dtype):
     B, d, M = 256, 64, 256
-    m = IAT(d, basis="piecewise_linear", q="normalized", num_points=M, dtype=dtype)
+    m = IAT(d, basis="piecewise_linear", q="normalized", num_points=M, dtype=dtype,
+            implementation="fast")
     assert m.use_fast and m._ops.sparse == (True, True)
     z = torch.randn(B, d, generator=gen(0), dtype=dtype).requires_grad_()
     item = z.element_size()
