@@ -44,7 +44,7 @@ class IATMemorizeConfig:
     epochs: int = 100
     batch_size: int = 100
     lr: float = 1e-2
-    seeds: int = 3
+    seeds: int = 5
     seed: int = 0
     device: str = "cpu"
 

@@ -1,0 +1,8 @@
+"""Adaptive parameterization: layers whose weights adapt to the input (SPEC section 2)."""
+
+from .linear import INITS, POLICIES, AdaptiveLinear
+from .policy import POLICY_NETS, LinearPolicy, MLPPolicy, build_policy
+
+__all__ = [
+    "INITS", "POLICIES", "POLICY_NETS", "AdaptiveLinear", "LinearPolicy", "MLPPolicy", "build_policy",
+]

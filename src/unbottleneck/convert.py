@@ -1,0 +1,163 @@
+"""Helpers that retrofit existing models with this library's layers.
+
+* :func:`make_adaptive` replaces chosen ``nn.Linear`` layers by
+  :class:`~unbottleneck.AdaptiveLinear`, keeping the static map (so the converted
+  model starts where the original was, up to the policies' small init noise).
+* :func:`swap_activations` replaces element-wise activation modules (ReLU by
+  default) by IAT-ReLU; the feature size of each is read from one forward pass
+  on an example input.
+
+Both edit the model in place and return it, plus the list of converted names;
+everything not converted is left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adaptive import AdaptiveLinear
+from .iat import IAT
+
+Selector = Iterable[str] | Callable[[str, nn.Module], bool] | None
+
+
+def _selected(name: str, module: nn.Module, include: Selector) -> bool:
+    if include is None:
+        return True
+    if callable(include):
+        return bool(include(name, module))
+    return name in include
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _check_names(model: nn.Module, include: Selector) -> None:
+    if include is None or callable(include):
+        return
+    if isinstance(include, str):
+        raise TypeError("include must be a list of module names or a predicate, not a str")
+    names = dict(model.named_modules())
+    missing = [n for n in include if n not in names]
+    if missing:
+        raise ValueError(f"no submodule named {', '.join(map(repr, missing))} in the model")
+
+
+@torch.no_grad()
+def make_adaptive(
+    model: nn.Module,
+    policy: str = "sva",
+    include: Selector = None,
+    copy_weights: bool = True,
+    **kwargs: Any,
+) -> tuple[nn.Module, list[str]]:
+    """Replace ``nn.Linear`` layers of ``model`` by :class:`AdaptiveLinear`.
+
+    Args:
+        model: any module; edited in place.
+        policy: adaptation policy of the new layers.
+        include: names (as in ``model.named_modules()``) or a predicate
+            ``(name, module) -> bool`` choosing which Linear layers convert
+            (default: all).
+        copy_weights: give each new layer the old layer's static map: ``W`` and
+            ``b`` copied; for SVA, ``W = U S V^T`` split as ``W2 = U S^1/2``,
+            ``W1 = S^1/2 V^T`` (exact when ``rank = min(n, m)``).
+        **kwargs: forwarded to :class:`AdaptiveLinear` (``rank``, ``policy_net``, ...).
+
+    Returns:
+        (model, names of the converted layers)
+    """
+    _check_names(model, include)
+    targets = [
+        (name, mod) for name, mod in model.named_modules()
+        if type(mod) is nn.Linear and name and _selected(name, mod, include)
+    ]
+    if not callable(include) and include is not None:
+        not_linear = [n for n in include if type(model.get_submodule(n)) is not nn.Linear]
+        if not_linear:
+            raise ValueError(f"not nn.Linear layers: {', '.join(map(repr, not_linear))}")
+    for name, lin in targets:
+        w = lin.weight
+        new = AdaptiveLinear(
+            lin.in_features, lin.out_features, policy=policy, bias=lin.bias is not None,
+            device=w.device, dtype=w.dtype, **kwargs,
+        )
+        if copy_weights:
+            if policy == "sva":
+                k = new.rank
+                U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+                root = S[:k].sqrt()
+                new.weight_out.zero_()
+                new.weight_in.zero_()
+                r = min(k, S.numel())
+                new.weight_out[:, :r].copy_(U[:, :r] * root[:r])
+                new.weight_in[:r].copy_(root[:r, None] * Vh[:r])
+            else:
+                new.weight.copy_(w)
+            if lin.bias is not None:
+                new.bias.copy_(lin.bias)
+        new.train(lin.training)
+        _set_submodule(model, name, new)
+    return model, [name for name, _ in targets]
+
+
+DEFAULT_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU,)
+
+
+@torch.no_grad()
+def swap_activations(
+    model: nn.Module,
+    example_input: Any,
+    activations: tuple[type[nn.Module], ...] = DEFAULT_ACTIVATIONS,
+    include: Selector = None,
+    **iat_kwargs: Any,
+) -> tuple[nn.Module, list[str]]:
+    """Replace activation modules by IAT-ReLU (or any IAT given ``iat_kwargs``).
+
+    An IAT needs its feature size d, which an ``nn.ReLU`` does not know: one
+    forward pass of ``example_input`` (a tensor, or a tuple of positional
+    arguments) records the last dimension each activation sees.  Activations
+    the pass never reaches are left unchanged.  Only module activations can be
+    swapped (``F.relu`` calls inside ``forward`` are invisible).
+
+    Args:
+        model: any module; edited in place.
+        example_input: input for one forward pass (run in eval mode, no grad).
+        activations: module types to replace.
+        include: names or predicate restricting the replacement (default: all).
+        **iat_kwargs: forwarded to :class:`IAT` (``basis``, ``num_points``, ...).
+
+    Returns:
+        (model, names of the swapped modules)
+    """
+    _check_names(model, include)
+    sizes: dict[str, int] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if name and isinstance(mod, activations) and _selected(name, mod, include):
+            def hook(module: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+                if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
+                    sizes.setdefault(name, args[0].shape[-1])
+            handles.append(mod.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    ref = next(iter(model.parameters()), None)
+    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    for name, d in sizes.items():
+        new = IAT(d, **{**factory, **iat_kwargs})
+        _set_submodule(model, name, new)
+    return model, list(sizes)

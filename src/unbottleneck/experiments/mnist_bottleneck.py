@@ -1,0 +1,323 @@
+"""``mnist-bottleneck``: the seed's MNIST study of the activation function bottleneck.
+
+A feed-forward MNIST classifier with two hidden layers (the TensorFlow starter
+MLP: 784 -> 128 -> 32 -> 10) is trained with static layers (sigmoid, ReLU) and
+with adaptive layers (SVA or IOA :class:`~unbottleneck.AdaptiveLinear`, linear
+policy ``pi(x) = P x + b``) followed by a sigmoid or by no activation at all.
+After training, :class:`~unbottleneck.diagnostics.BottleneckRecorder` measures
+on test images:
+
+* the pre-activation distribution of the hidden layers, and
+* the activation effect ``phi(a) - (phi'(0) a + phi(0))`` of static layers vs the
+  adaptation effect of adaptive ones (the output minus the same layer with the
+  policy fixed to 1 and ``phi`` linearised, e.g. ``0.25 (W2 W1 x + b) + 0.5``).
+
+Seed numbers: sigmoid 95%, ReLU 97%, SVA + sigmoid 97%, SVA without activation
+about 98% test accuracy; static effects sharply peaked at 0 with few values
+beyond 0.05, SVA effects about two orders of magnitude more dispersed.
+
+Our choices where the seed is silent (all in the config): the starter MLP's
+layer sizes (128, 32); pixels in [0, 1]; static layers initialised as the
+starter code does (truncated normal, std 1/sqrt(fan_in), zero bias), adaptive
+ones with the reference init (orthogonal, zero bias); Adam (lr 1e-3, batch 100)
+for a fixed number of epochs on all 60,000 training images; accuracy on the
+10,000 test images after the last epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adaptive import POLICIES, AdaptiveLinear
+from ..diagnostics import BottleneckRecorder, plot_histograms
+from .common import count_parameters, fmt, markdown_table, mean_std, seed_everything
+from .runner import RunContext, register
+
+STATIC_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "none": nn.Identity}
+SEED_ACCURACY = {"sigmoid": 0.95, "relu": 0.97, "sva-sigmoid": 0.97, "sva-none": 0.98}
+
+
+def parse_variant(name: str) -> tuple[str | None, str]:
+    """``"sigmoid"`` -> (None, "sigmoid"); ``"sva-none"`` -> ("sva", "none")."""
+    policy, _, act = name.rpartition("-")
+    policy = {"": None, "ioa": "io"}.get(policy, policy)
+    if act not in STATIC_ACTIVATIONS or (policy is not None and policy not in POLICIES):
+        raise ValueError(
+            f"unknown variant {name!r}; use an activation ({', '.join(STATIC_ACTIVATIONS)}) or "
+            f"<policy>-<activation> with policy in {', '.join(POLICIES)} or ioa (e.g. sva-sigmoid, "
+            "ioa-none)"
+        )
+    if policy is None and act == "none":
+        raise ValueError("variant 'none' would be a purely linear model; use e.g. sva-none")
+    return policy, act
+
+
+@dataclass
+class MNISTBottleneckConfig:
+    variants: tuple[str, ...] = ("sigmoid", "relu", "sva-sigmoid", "sva-none", "ioa-sigmoid", "ioa-none")
+    hidden: tuple[int, ...] = (128, 32)
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    seeds: int = 3
+    n_train: int = 60000  # first n training images (all by default)
+    sva_rank: int = 0  # 0: min(in, out) per layer
+    policy_net: str = "linear"
+    policy_init_scale: float = 0.1
+    diag_samples: int = 10000  # test images fed to the recorder
+    effect_threshold: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        for v in self.variants:
+            parse_variant(v)
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError("hidden must be a non-empty list of positive sizes")
+        for key in ("epochs", "batch_size", "seeds", "n_train", "diag_samples"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1")
+        if self.sva_rank < 0:
+            raise ValueError("sva_rank must be >= 0 (0 = full rank)")
+        if not self.lr > 0:
+            raise ValueError("lr must be > 0")
+
+
+class MNISTNet(nn.Module):
+    """``x (..., 784) -> [layer -> activation] per hidden size -> Linear -> logits (..., 10)``."""
+
+    def __init__(self, variant: str, cfg: MNISTBottleneckConfig, in_features: int = 784) -> None:
+        super().__init__()
+        policy, act = parse_variant(variant)
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in cfg.hidden:
+            if policy is None:
+                lin = nn.Linear(width, h)
+                _starter_init(lin)
+                layers.append(lin)
+            else:
+                rank = (cfg.sva_rank or None) if policy == "sva" else None
+                layers.append(AdaptiveLinear(width, h, policy=policy, rank=rank, policy_net=cfg.policy_net,
+                                             policy_init_scale=cfg.policy_init_scale))
+            layers.append(STATIC_ACTIVATIONS[act]())
+            width = h
+        head = nn.Linear(width, 10)
+        _starter_init(head)
+        layers.append(head)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@torch.no_grad()
+def _starter_init(lin: nn.Linear) -> None:
+    nn.init.trunc_normal_(lin.weight, std=1.0 / math.sqrt(lin.in_features),
+                          a=-2.0 / math.sqrt(lin.in_features), b=2.0 / math.sqrt(lin.in_features))
+    lin.bias.zero_()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> float:
+    model.eval()
+    correct = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
+                  for i in range(0, x.shape[0], batch))
+    return correct / x.shape[0]
+
+
+def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, bar) -> dict:
+    dev = torch.device(cfg.device)
+    seed_everything(cfg.seed * 1000 + seed)
+    model = MNISTNet(variant, cfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x, y = data["x_train"].to(dev), data["y_train"].to(dev)
+    xt, yt = data["x_test"].to(dev), data["y_test"].to(dev)
+    order = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
+    curve = []
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        perm = torch.randperm(x.shape[0], generator=order).to(dev)
+        total = 0.0
+        for i in range(0, x.shape[0], cfg.batch_size):
+            b = perm[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * b.numel()
+        if not math.isfinite(total):
+            raise FloatingPointError(f"{variant} (seed {seed}): training loss became {total}")
+        curve.append({"epoch": epoch, "train_loss": total / x.shape[0], "test_acc": accuracy(model, xt, yt)})
+        bar.update(1)
+    elapsed = time.perf_counter() - start
+    model.eval()
+    with BottleneckRecorder(model, max_samples=400_000, seed=seed) as rec, torch.no_grad():
+        for i in range(0, cfg.diag_samples, 1000):
+            model(xt[i:min(i + 1000, cfg.diag_samples)])
+    kind = "activation" if parse_variant(variant)[0] is None else "adaptive"
+    pre, eff = rec.pooled(kind)
+    return {
+        "curve": curve,
+        "test_acc": curve[-1]["test_acc"],
+        "train_acc": accuracy(model, x, y),
+        "params": count_parameters(model),
+        "s_per_epoch": elapsed / cfg.epochs,
+        "layers": rec.summary(cfg.effect_threshold),
+        "pre": pre,
+        "effect": eff,
+    }
+
+
+@register(
+    "mnist-bottleneck",
+    MNISTBottleneckConfig,
+    quick={"epochs": 1, "seeds": 1, "n_train": 3000, "diag_samples": 1000,
+           "variants": ("sigmoid", "relu", "sva-sigmoid", "sva-none")},
+    summary="MNIST MLP: sigmoid / ReLU / SVA / IOA accuracy and activation-effect distributions",
+    needs_data=("mnist",),
+)
+def run(cfg: MNISTBottleneckConfig, ctx: RunContext) -> dict:
+    import matplotlib.pyplot as plt
+
+    from ..data import load_mnist
+
+    x_train, y_train = load_mnist("train", data_dir=ctx.data_dir)
+    x_test, y_test = load_mnist("test", data_dir=ctx.data_dir)
+    data = {"x_train": x_train[: cfg.n_train], "y_train": y_train[: cfg.n_train],
+            "x_test": x_test, "y_test": y_test}
+
+    runs: dict[str, list[dict]] = {v: [] for v in cfg.variants}
+    with ctx.bar(len(cfg.variants) * cfg.seeds * cfg.epochs, "mnist-bottleneck") as bar:
+        for v in cfg.variants:
+            for s in range(cfg.seeds):
+                bar.set_postfix_str(f"{v} seed {s}")
+                runs[v].append(train_one(v, s, cfg, data, bar))
+
+    ctx.write_csv("curves.csv", [{"variant": v, "seed": s, **c}
+                                 for v, rs in runs.items() for s, r in enumerate(rs) for c in r["curve"]])
+    ctx.write_csv("layers.csv", [
+        {"variant": v, "seed": s, "layer": name, "kind": L["kind"], "activation": L["activation"],
+         "pre_std": L["preactivation"]["std"], "pre_mean": L["preactivation"]["mean"],
+         "effect_std": L["effect"]["std"], "effect_mean_abs": L["effect"]["mean_abs"],
+         "effect_share_beyond": L["effect"]["share_beyond"]}
+        for v, rs in runs.items() for s, r in enumerate(rs) for name, L in r["layers"].items()
+    ])
+
+    from ..diagnostics import summarize
+
+    summary: dict[str, dict] = {}
+    for v, rs in runs.items():
+        effects = [summarize(r["effect"], cfg.effect_threshold) for r in rs]
+        pres = [summarize(r["pre"], cfg.effect_threshold) for r in rs]
+        summary[v] = {
+            "test_acc": mean_std(r["test_acc"] for r in rs),
+            "train_acc": mean_std(r["train_acc"] for r in rs),
+            "params": rs[0]["params"],
+            "s_per_epoch": mean_std(r["s_per_epoch"] for r in rs),
+            "pre_std": mean_std(p["std"] for p in pres),
+            "pre_mean": mean_std(p["mean"] for p in pres),
+            "effect_std": mean_std(e["std"] for e in effects),
+            "effect_mean_abs": mean_std(e["mean_abs"] for e in effects),
+            "effect_share_beyond": mean_std(e["share_beyond"] for e in effects),
+            "effect_kind": "activation" if parse_variant(v)[0] is None else "adaptation",
+            "seed_claim_acc": SEED_ACCURACY.get(v),
+        }
+    ratios = {}
+    base = summary.get("sigmoid")
+    if base:
+        for v, s in summary.items():
+            if v != "sigmoid":
+                ratios[v] = s["effect_std"]["mean"] / base["effect_std"]["mean"]
+
+    # Figures -----------------------------------------------------------------------------
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v, rs in runs.items():
+        acc = torch.tensor([[c["test_acc"] for c in r["curve"]] for r in rs])
+        epochs = range(1, acc.shape[1] + 1)
+        ax.plot(epochs, acc.mean(0).numpy(), "o-", ms=3, label=v)
+        if acc.shape[0] > 1:
+            ax.fill_between(epochs, acc.min(0).values.numpy(), acc.max(0).values.numpy(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"mnist-bottleneck (mean, min-max over {cfg.seeds} seeds)")
+    ax.legend(fontsize=8)
+    ctx.savefig(fig, "test_accuracy.png")
+
+    first = {v: rs[0] for v, rs in runs.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    plot_histograms({v: r["pre"] for v, r in first.items()}, ax=axes[0], bins=120,
+                    title="pre-activations of the hidden layers (seed 0)", xlabel="a")
+    plot_histograms({v: r["pre"] for v, r in first.items() if v in ("sigmoid", "sva-sigmoid")} or
+                    {v: r["pre"] for v, r in first.items()}, ax=axes[1], bins=120,
+                    title="pre-activations: static sigmoid vs SVA + sigmoid", xlabel="a")
+    ctx.savefig(fig, "preactivations.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    plot_histograms({v: r["effect"] for v, r in first.items()}, ax=axes[0], bins=150, log=True,
+                    title="activation / adaptation effect, all variants (log density)", xlabel="effect")
+    pair = {v: first[v]["effect"] for v in ("sigmoid", "sva-sigmoid") if v in first}
+    if pair:
+        plot_histograms(pair, ax=axes[1], bins=150, range=(-0.3, 0.3),
+                        title="effect: static sigmoid vs SVA + sigmoid", xlabel="effect")
+        axes[1].axvspan(-cfg.effect_threshold, cfg.effect_threshold, color="grey", alpha=0.1)
+    ctx.savefig(fig, "effects.png")
+
+    fig, axes = plt.subplots(1, len(first), figsize=(3.2 * len(first), 3), squeeze=False)
+    gen = torch.Generator().manual_seed(0)
+    for ax, (v, r) in zip(axes[0], first.items(), strict=True):
+        idx = torch.randperm(r["pre"].numel(), generator=gen)[:4000]
+        ax.scatter(r["pre"][idx].numpy(), r["effect"][idx].numpy(), s=2, alpha=0.4)
+        ax.set_title(v, fontsize=9)
+        ax.set_xlabel("pre-activation")
+    axes[0][0].set_ylabel("effect")
+    ctx.savefig(fig, "effect_vs_preactivation.png")
+
+    # Report ------------------------------------------------------------------------------
+    table = []
+    for v, s in summary.items():
+        claim = s["seed_claim_acc"]
+        table.append([
+            v, s["params"], fmt(s["test_acc"], 4), "n/a" if claim is None else f"{claim:.0%}",
+            fmt(s["pre_std"], 3), s["effect_kind"], fmt(s["effect_std"], 4),
+            fmt(s["effect_share_beyond"], 3), f"{ratios[v]:.1f}x" if v in ratios else "1x",
+            fmt(s["s_per_epoch"], 2),
+        ])
+    lines = [
+        "# mnist-bottleneck: the activation function bottleneck on MNIST",
+        "",
+        f"Command: `{ctx.command}`" if ctx.command else "",
+        "",
+        f"MLP 784 -> {' -> '.join(map(str, cfg.hidden))} -> 10; static layers `nn.Linear` (starter init), "
+        f"adaptive layers `AdaptiveLinear` ({cfg.policy_net} policy, reference init).  Adam lr {cfg.lr}, "
+        f"batch {cfg.batch_size}, {cfg.epochs} epochs on {cfg.n_train} training images, {cfg.seeds} "
+        f"seed(s); test accuracy on 10,000 test images (mean ± std).  Diagnostics on "
+        f"{cfg.diag_samples} test images, hidden layers pooled: *activation* effect "
+        "phi(a) - (phi'(0) a + phi(0)) for static layers, *adaptation* effect (layer output minus the "
+        "same layer with policies fixed to 1 and phi linearised) for adaptive ones.  'share > "
+        f"{cfg.effect_threshold}' is the fraction of |effect| beyond that threshold; the ratio is the "
+        "effect std relative to the static sigmoid network.",
+        "",
+        markdown_table(["variant", "params", "test acc", "seed claim", "pre-act std", "effect",
+                        "effect std", f"share > {cfg.effect_threshold}", "std vs sigmoid", "s/epoch"],
+                       table),
+        "",
+    ]
+    if "sva-sigmoid" in ratios:
+        lines += [f"SVA + sigmoid vs static sigmoid: effect dispersion (std) ratio "
+                  f"**{ratios['sva-sigmoid']:.1f}x** (the seed reports almost two orders of magnitude).", ""]
+    lines += [
+        "![test accuracy](test_accuracy.png)", "",
+        "![pre-activations](preactivations.png)", "",
+        "![effects](effects.png)", "",
+        "![effect vs pre-activation](effect_vs_preactivation.png)", "",
+    ]
+    ctx.write_text("report.md", "\n".join(lines))
+    return {"summary": summary, "effect_std_ratio_vs_sigmoid": ratios}
