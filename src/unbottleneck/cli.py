@@ -34,7 +34,59 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--show-config", action="store_true", help="print the config and exit")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+    rep = sub.add_parser(
+        "reproduce", help="run every experiment and write one report with verdicts per seed claim",
+        description="Run every experiment (skipping those whose dataset is missing) and write "
+                    "OUT/report.md, OUT/report.html and OUT/summary.json.")
+    rep.add_argument("--quick", action="store_true", help="smoke-test sizes (minutes in all)")
+    rep.add_argument("--out", default=None, help="output folder (default runs/reproduce[-quick])")
+    rep.add_argument("--data-dir", default=None,
+                     help="folder holding the datasets (else $UNBOTTLENECK_DATA, else ~/.cache)")
+    rep.add_argument("--only", default=None, metavar="NAME[,NAME]",
+                     help="run only these experiments of the plan")
+    rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    rep.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     return parser
+
+
+def _set_threads(threads: int | None) -> bool:
+    if threads is None:
+        return True
+    if threads < 1:
+        print("unbottleneck: error: --threads must be >= 1", file=sys.stderr)
+        return False
+    import torch
+
+    torch.set_num_threads(threads)
+    return True
+
+
+def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
+    from .experiments.reproduce import run_reproduce
+
+    if not _set_threads(args.threads):
+        return 2
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    out = args.out or os.path.join("runs", "reproduce" + ("-quick" if args.quick else ""))
+    try:
+        summary = run_reproduce(quick=args.quick, out_dir=out, data_dir=args.data_dir,
+                                progress=not args.no_progress, only=only,
+                                command="unbottleneck " + " ".join(shlex.quote(a) for a in argv))
+    except KeyError as exc:
+        print(f"unbottleneck: error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unbottleneck: interrupted", file=sys.stderr)
+        return 130
+    verdicts = [c["verdict"] for c in summary["claims"]]
+    failed = [n for n, e in summary["experiments"].items() if e["status"] == "failed"]
+    print(f"reproduce: {verdicts.count('met')} met, {verdicts.count('not met')} not met, "
+          f"{verdicts.count('not run')} not run; report: {os.path.join(out, 'report.html')}")
+    for name in failed:
+        print(f"unbottleneck: error: experiment {name} failed: "
+              f"{summary['experiments'][name]['detail']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+
+    if args.command == "reproduce":
+        return _reproduce(args, argv)
 
     from .experiments import REGISTRY, ConfigError, get_experiment, load_all, run_experiment
 
@@ -66,13 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in dataclasses.fields(cfg):
             print(f"{f.name} = {getattr(cfg, f.name)!r}")
         return 0
-    if args.threads is not None:
-        if args.threads < 1:
-            print("unbottleneck: error: --threads must be >= 1", file=sys.stderr)
-            return 2
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if not _set_threads(args.threads):
+        return 2
     command = "unbottleneck " + " ".join(shlex.quote(a) for a in argv)
     from .data import DatasetNotFoundError
 

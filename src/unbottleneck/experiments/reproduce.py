@@ -1,0 +1,218 @@
+"""``unbottleneck reproduce``: run every experiment and put each measured number beside its claim.
+
+Each experiment in :data:`PLAN` runs into ``OUT/<name>/`` through the normal
+runner (config, results.json, CSV, PNG, report.md).  An experiment whose dataset
+is missing is skipped with a line in the report saying which dataset and how to
+provide it; one that fails is reported with its error and the others still run.
+The combined report (``OUT/report.md`` and a self-contained ``OUT/report.html``
+with every figure embedded) starts with the verdict table: each seed claim, the
+criterion used, the measured value and met / not met.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .claims import CLAIMS, claims_for
+from .html import markdown_to_html
+from .runner import atomic_write_bytes, environment, get_experiment, run_experiment
+
+
+@dataclass(frozen=True)
+class Step:
+    """One experiment of the reproduction, with the overrides used in each mode."""
+
+    experiment: str
+    full: tuple[str, ...] = ()
+    quick: tuple[str, ...] = ()
+    note: str = ""
+
+
+#: What ``reproduce`` runs, in order.  Full mode uses each experiment's default
+#: config except where a CPU cannot afford it (noted).
+PLAN: list[Step] = [
+    Step("iat-fit"),
+    Step("iat-memorize"),
+    Step("iat-points"),
+    Step("multimodal"),
+    Step("mnist-bottleneck"),
+]
+
+
+@dataclass
+class Outcome:
+    step: Step
+    status: str  # "ok", "skipped", "failed"
+    detail: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _missing_data(experiment: str, data_dir: str | None) -> str | None:
+    """A message if a dataset the experiment needs is not available (None if all are)."""
+    from ..data import ChecksumError, DatasetNotFoundError, fetch_dataset
+
+    for name in get_experiment(experiment).needs_data:
+        try:
+            fetch_dataset(name, data_dir=data_dir, download=True)
+        except DatasetNotFoundError as exc:
+            first = str(exc).splitlines()[0]
+            return (f"dataset `{name}` is missing ({first}); provide it with `--data-dir DIR` or "
+                    "`UNBOTTLENECK_DATA`")
+        except ChecksumError as exc:
+            return f"dataset `{name}` failed its checksum: {exc}"
+    return None
+
+
+def _relink_images(text: str, prefix: str) -> str:
+    """Point an experiment report's relative image links into its subfolder."""
+    return re.sub(r"!\[([^\]]*)\]\((?!https?:|/)([^)]+)\)", rf"![\1]({prefix}/\2)", text)
+
+
+def _demote_headings(text: str) -> str:
+    return re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.M)
+
+
+def run_reproduce(
+    quick: bool = False,
+    out_dir: str | Path = "runs/reproduce",
+    data_dir: str | None = None,
+    progress: bool = True,
+    only: list[str] | None = None,
+    overrides: dict[str, list[str]] | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """Run the plan, write ``report.md``, ``report.html`` and ``summary.json``; return the summary.
+
+    Args:
+        quick: use every experiment's ``--quick`` variant (minutes in all).
+        out_dir: output folder; each experiment writes into a subfolder.
+        data_dir: dataset root (else ``$UNBOTTLENECK_DATA``, else the default cache).
+        only: restrict to these experiment names (in plan order).
+        overrides: extra ``key=value`` overrides per experiment name (tests use tiny ones).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = PLAN
+    if only:
+        known = {s.experiment for s in PLAN}
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise KeyError(f"unknown experiment(s) {', '.join(map(repr, unknown))} in --only; "
+                           f"the plan has: {', '.join(s.experiment for s in PLAN)}")
+        plan = [s for s in PLAN if s.experiment in only]
+    overrides = overrides or {}
+    start = time.time()
+    outcomes: list[Outcome] = []
+    for step in plan:
+        missing = _missing_data(step.experiment, data_dir)
+        if missing:
+            outcomes.append(Outcome(step, "skipped", missing))
+            continue
+        sets = list(step.quick if quick else step.full) + list(overrides.get(step.experiment, ()))
+        t0 = time.time()
+        try:
+            results = run_experiment(step.experiment, quick=quick, overrides=sets,
+                                     out_dir=out / step.experiment, data_dir=data_dir, progress=progress,
+                                     command=command + f"  [{step.experiment}]")
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failing experiment must not hide the others' results
+            detail = f"{type(exc).__name__}: {exc}"
+            (out / step.experiment).mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out / step.experiment / "error.txt", traceback.format_exc().encode())
+            outcomes.append(Outcome(step, "failed", detail, seconds=time.time() - t0))
+            continue
+        outcomes.append(Outcome(step, "ok", results=results, seconds=time.time() - t0))
+
+    verdicts = _verdicts(outcomes)
+    summary = {
+        "quick": quick,
+        "command": command,
+        "environment": environment(),
+        "wall_time_s": round(time.time() - start, 1),
+        "experiments": {o.step.experiment: {"status": o.status, "detail": o.detail,
+                                            "seconds": round(o.seconds, 1)} for o in outcomes},
+        "claims": verdicts,
+    }
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    md = _report(outcomes, verdicts, summary, out)
+    atomic_write_bytes(out / "report.md", md.encode())
+    atomic_write_bytes(out / "report.html", markdown_to_html(md, base=out, title="unbottleneck reproduce")
+                       .encode())
+    return summary
+
+
+def _verdicts(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    by_name = {o.step.experiment: o for o in outcomes}
+    rows = []
+    for claim in CLAIMS:
+        o = by_name.get(claim.experiment)
+        if o is None:
+            measured, verdict = "not in this run", "not run"
+        elif o.status != "ok":
+            measured, verdict = f"{o.status}: {o.detail}", "not run"
+        else:
+            try:
+                text, ok = claim.check(o.results["metrics"])
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                text, ok = f"cannot evaluate ({type(exc).__name__}: {exc})", None
+            measured = text
+            verdict = "undecided" if ok is None else ("met" if ok else "not met")
+        rows.append({"id": claim.id, "area": claim.area, "claim": claim.claim,
+                     "criterion": claim.criterion, "experiment": claim.experiment,
+                     "measured": measured, "verdict": verdict})
+    return rows
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: Path) -> str:
+    quick = summary["quick"]
+    counts = {v: sum(r["verdict"] == v for r in verdicts) for v in ("met", "not met", "undecided", "not run")}
+    lines = [
+        "# unbottleneck: reproduction report",
+        "",
+        f"Command: `{summary['command']}`" if summary["command"] else "",
+        "",
+        f"Mode: **{'quick (smoke-test sizes: verdicts are not evidence)' if quick else 'full'}**; "
+        f"wall time {summary['wall_time_s']} s; torch {summary['environment']['torch']} on "
+        f"{summary['environment']['platform']} ({summary['environment']['threads']} threads).",
+        "",
+        f"Verdicts: {counts['met']} met, {counts['not met']} not met, {counts['undecided']} undecided, "
+        f"{counts['not run']} not run.",
+        "",
+        "## Claims",
+        "",
+        "| area | seed claim | criterion | measured | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for r in verdicts:
+        verdict = {"met": "**met**", "not met": "**not met**"}.get(r["verdict"], r["verdict"])
+        lines.append(f"| {r['area']} | {_cell(r['claim'])} | {_cell(r['criterion'])} | "
+                     f"{_cell(r['measured'])} ({r['experiment']}) | {verdict} |")
+    lines += ["", "## Experiments", "",
+              "| experiment | status | time (s) | details |", "|---|---|---|---|"]
+    for o in outcomes:
+        detail = o.detail or f"[report]({o.step.experiment}/report.md)"
+        lines.append(f"| {o.step.experiment} | {o.status} | {o.seconds:.0f} | {_cell(detail)} |")
+    lines.append("")
+    for o in outcomes:
+        if o.status != "ok":
+            lines += [f"## {o.step.experiment}: {o.status}", "", o.detail, ""]
+            continue
+        report = out / o.step.experiment / "report.md"
+        text = report.read_text() if report.is_file() else "(no report written)"
+        own = claims_for(o.step.experiment)
+        lines += [_demote_headings(_relink_images(text, o.step.experiment)).rstrip(), ""]
+        if own:
+            lines += ["Claims checked here: " + ", ".join(c.id for c in own) + ".", ""]
+    return "\n".join(lines) + "\n"

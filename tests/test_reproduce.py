@@ -1,0 +1,86 @@
+"""``unbottleneck reproduce``: combined report, verdict table, skipped datasets, HTML."""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from unbottleneck.cli import main
+from unbottleneck.experiments.claims import CLAIMS
+from unbottleneck.experiments.html import markdown_to_html
+from unbottleneck.experiments.reproduce import PLAN, run_reproduce
+
+TINY = {
+    "iat-memorize": ["n_samples=60", "epochs=2", "width=8", "depth=2"],
+    "multimodal": ["steps=30", "eval_every=10", "n_train=100", "n_test=51", "models=static-2,sva-2"],
+    "mnist-bottleneck": ["n_train=300", "diag_samples=100", "hidden=8", "variants=sigmoid,sva-sigmoid"],
+}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_reproduce_tiny_writes_verdicts_and_skips_missing_data(tmp_path, offline):
+    summary = run_reproduce(quick=True, out_dir=tmp_path, data_dir=str(tmp_path / "no-data"),
+                            progress=False, only=["iat-memorize", "multimodal", "mnist-bottleneck"],
+                            overrides=TINY, command="test")
+    exps = summary["experiments"]
+    assert exps["iat-memorize"]["status"] == "ok" and exps["multimodal"]["status"] == "ok"
+    assert exps["mnist-bottleneck"]["status"] == "skipped"
+    assert "mnist" in exps["mnist-bottleneck"]["detail"] and "--data-dir" in exps["mnist-bottleneck"]["detail"]
+    by_id = {c["id"]: c for c in summary["claims"]}
+    assert set(by_id) == {c.id for c in CLAIMS}
+    assert by_id["iat-memorize"]["verdict"] in ("met", "not met")
+    assert "ReLU" in by_id["iat-memorize"]["measured"]
+    assert by_id["mnist-sigmoid"]["verdict"] == "not run"
+    assert by_id["iat-fit"]["verdict"] == "not run"  # not in this run
+
+    report = (tmp_path / "report.md").read_text()
+    assert "| area | seed claim | criterion | measured | verdict |" in report
+    assert "mnist-bottleneck | skipped" in report
+    assert "![train accuracy](iat-memorize/train_accuracy.png)" not in report  # links are relinked:
+    assert "](iat-memorize/train_accuracy.png)" in report
+    html = (tmp_path / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table>" in html
+    assert html.count("data:image/png;base64,") >= 2  # figures embedded: one self-contained file
+    assert json.loads((tmp_path / "summary.json").read_text())["claims"] == summary["claims"]
+
+
+def test_reproduce_reports_a_failing_experiment_and_goes_on(tmp_path, offline):
+    bad = {**TINY, "multimodal": ["steps=0"]}  # rejected by the config's validation
+    summary = run_reproduce(quick=True, out_dir=tmp_path, data_dir=str(tmp_path / "none"), progress=False,
+                            only=["iat-memorize", "multimodal"], overrides=bad)
+    assert summary["experiments"]["multimodal"]["status"] == "failed"
+    assert "steps must be >= 1" in summary["experiments"]["multimodal"]["detail"]
+    assert summary["experiments"]["iat-memorize"]["status"] == "ok"
+    assert (tmp_path / "multimodal" / "error.txt").is_file()
+
+
+def test_reproduce_cli_errors(capsys, tmp_path):
+    assert main(["reproduce", "--only", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown experiment(s) 'nope'" in capsys.readouterr().err
+    assert main(["reproduce", "--threads", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_plan_covers_every_claim():
+    planned = {s.experiment for s in PLAN}
+    assert {c.experiment for c in CLAIMS} <= planned
+
+
+def test_markdown_to_html_subset(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (2, 2)).save(tmp_path / "f.png")
+    md = "# Title\n\nSome **bold** and `code` <b>.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n- x\n- y\n\n![fig](f.png)\n"
+    html = markdown_to_html(md, base=tmp_path, title="t")
+    assert "<h1>Title</h1>" in html
+    assert "<strong>bold</strong>" in html and "<code>code</code>" in html and "&lt;b&gt;" in html
+    assert "<th>a</th>" in html and "<td>2</td>" in html
+    assert "<ul><li>x</li><li>y</li></ul>" in html
+    assert 'src="data:image/png;base64,' in html
