@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--show-config", action="store_true", help="print the config and exit")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from the checkpoints in --out (same config)")
 
     rep = sub.add_parser(
         "reproduce", help="run every experiment and write one report with verdicts per seed claim",
@@ -124,25 +126,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _set_threads(args.threads):
         return 2
     command = "unbottleneck " + " ".join(shlex.quote(a) for a in argv)
-    from .data import DatasetNotFoundError
+    from .data import ChecksumError, DatasetNotFoundError
+    from .training import CheckpointError, TrainingDiverged, TrainingInterrupted
 
+    out = args.out or os.path.join("runs", args.name + ("-quick" if args.quick else ""))
     try:
         results = run_experiment(
             args.name,
             quick=args.quick,
             overrides=args.overrides,
-            out_dir=args.out,
+            out_dir=out,
             data_dir=args.data_dir,
             progress=not args.no_progress,
             command=command,
+            resume=args.resume,
         )
-    except (DatasetNotFoundError, ConfigError) as exc:
+    except (DatasetNotFoundError, ChecksumError, ConfigError, CheckpointError) as exc:
         print(f"unbottleneck: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        resume = [a for a in argv if a != "--resume"]
+        if "--out" not in resume:
+            resume += ["--out", out]
+        print(f"unbottleneck: {exc}\nresume with: unbottleneck "
+              + " ".join(shlex.quote(a) for a in resume) + " --resume", file=sys.stderr)
+        return exc.exit_code
+    except TrainingDiverged as exc:
+        print(f"unbottleneck: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("unbottleneck: interrupted", file=sys.stderr)
         return 130
-    out = args.out or os.path.join("runs", args.name + ("-quick" if args.quick else ""))
     print(f"{args.name}: done in {results['wall_time_s']} s; report: {os.path.join(out, 'report.md')}")
     return 0
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -132,39 +133,119 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 20
     return correct / x.shape[0]
 
 
-def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, bar) -> dict:
-    dev = torch.device(cfg.device)
+CHECKPOINT_KIND = "mnist-bottleneck"
+CHECKPOINT_FORMAT = 1
+
+
+def _run_key(variant: str, seed: int) -> str:
+    return f"{variant}-seed{seed}"
+
+
+def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, bar,
+              ctx: RunContext | None = None) -> dict:
+    """Train one (variant, seed) and measure it; resumable, interruptible, torchrun-aware.
+
+    Checkpoints (``ctx.checkpoint_dir/<variant>-seed<s>.pt``) are written after every
+    epoch and when a SIGINT/SIGTERM arrives between two steps; they hold the model,
+    the optimiser, the data-order generator as it was at the start of the current
+    epoch and the position within it, so a resumed run replays exactly the batches
+    an uninterrupted one would have seen.  A finished run leaves its result in
+    ``<key>.done.pt`` and is not trained again on resume.  Under torchrun every
+    rank takes its share of each global batch (:func:`~unbottleneck.training.
+    distributed.shard`), and DDP averages the gradients.
+    """
+    from ..training import (
+        TrainingDiverged,
+        atomic_torch_save,
+        distributed,
+        load_checkpoint,
+        rng_state,
+        set_rng_state,
+    )
+
+    dist = ctx.dist if ctx is not None else distributed.DistInfo()
+    key = _run_key(variant, seed)
+    ckpt_path = done_path = None
+    if ctx is not None:
+        ckpt_path = ctx.checkpoint_dir / f"{key}.pt"
+        done_path = ctx.checkpoint_dir / f"{key}.done.pt"
+        if ctx.resume and done_path.is_file():
+            result = load_checkpoint(done_path, kind=CHECKPOINT_KIND + "-result", version=CHECKPOINT_FORMAT)
+            bar.update(cfg.epochs)
+            return result["result"]
+
+    dev = distributed.device_for(cfg.device, dist)
     seed_everything(cfg.seed * 1000 + seed)
     model = MNISTNet(variant, cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    order = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
+    curve: list[dict] = []
+    epoch, next_batch, running, elapsed = 0, 0, 0.0, 0.0
+    epoch_order = order.get_state()
+    if ctx is not None and ctx.resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, version=CHECKPOINT_FORMAT)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        epoch_order = state["order"]
+        epoch, next_batch, running = state["epoch"], state["batch"], state["running"]
+        curve, elapsed = state["curve"], state["elapsed"]
+        bar.update(epoch)
+    net = distributed.wrap(model, dist)
+
+    def save() -> Path | None:
+        if ckpt_path is None or not dist.is_main:
+            return ckpt_path
+        return atomic_torch_save({
+            "kind": CHECKPOINT_KIND, "format": CHECKPOINT_FORMAT, "variant": variant, "seed": seed,
+            "epoch": epoch, "batch": next_batch, "running": running, "order": epoch_order,
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
+            "curve": curve, "elapsed": elapsed,
+        }, ckpt_path)
+
     x, y = data["x_train"].to(dev), data["y_train"].to(dev)
     xt, yt = data["x_test"].to(dev), data["y_test"].to(dev)
-    order = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
-    curve = []
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
+    starts = range(0, x.shape[0], cfg.batch_size)
+    while epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        net.train()
+        order.set_state(epoch_order)
         perm = torch.randperm(x.shape[0], generator=order).to(dev)
-        total = 0.0
-        for i in range(0, x.shape[0], cfg.batch_size):
-            b = perm[i:i + cfg.batch_size]
-            loss = F.cross_entropy(model(x[b]), y[b])
+        for b_index in range(next_batch, len(starts)):
+            if ctx is not None:
+                ctx.interrupt.check(save)
+            batch = perm[starts[b_index]:starts[b_index] + cfg.batch_size]
+            local, _ = distributed.shard(batch, dist)
+            # sum / global count, times world size: DDP's gradient average is then the
+            # gradient of the global batch's mean loss, exactly as in one process.
+            loss_sum = F.cross_entropy(net(x[local]), y[local], reduction="sum")
+            loss = loss_sum * (dist.world_size / batch.numel())
+            step_total = float(distributed.all_reduce_sum(loss_sum.detach(), dist))
+            if not math.isfinite(step_total):
+                raise TrainingDiverged(
+                    f"{variant} (seed {seed}): training loss became {step_total} in epoch {epoch + 1}, "
+                    f"batch {b_index}; training stopped",
+                    ckpt_path if ckpt_path is not None and ckpt_path.is_file() else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * b.numel()
-        if not math.isfinite(total):
-            raise FloatingPointError(f"{variant} (seed {seed}): training loss became {total}")
-        curve.append({"epoch": epoch, "train_loss": total / x.shape[0], "test_acc": accuracy(model, xt, yt)})
+            running += step_total
+            next_batch = b_index + 1
+        epoch += 1
+        curve.append({"epoch": epoch, "train_loss": running / x.shape[0],
+                      "test_acc": accuracy(model, xt, yt)})
+        elapsed += time.perf_counter() - t0
+        epoch_order, next_batch, running = order.get_state(), 0, 0.0
+        save()
         bar.update(1)
-    elapsed = time.perf_counter() - start
+
     model.eval()
     with BottleneckRecorder(model, max_samples=400_000, seed=seed) as rec, torch.no_grad():
         for i in range(0, cfg.diag_samples, 1000):
             model(xt[i:min(i + 1000, cfg.diag_samples)])
     kind = "activation" if parse_variant(variant)[0] is None else "adaptive"
     pre, eff = rec.pooled(kind)
-    return {
+    result = {
         "curve": curve,
         "test_acc": curve[-1]["test_acc"],
         "train_acc": accuracy(model, x, y),
@@ -174,6 +255,10 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
         "pre": pre,
         "effect": eff,
     }
+    if done_path is not None and dist.is_main:
+        atomic_torch_save({"kind": CHECKPOINT_KIND + "-result", "format": CHECKPOINT_FORMAT,
+                           "result": result}, done_path)
+    return result
 
 
 @register(
@@ -199,7 +284,7 @@ def run(cfg: MNISTBottleneckConfig, ctx: RunContext) -> dict:
         for v in cfg.variants:
             for s in range(cfg.seeds):
                 bar.set_postfix_str(f"{v} seed {s}")
-                runs[v].append(train_one(v, s, cfg, data, bar))
+                runs[v].append(train_one(v, s, cfg, data, bar, ctx))
 
     ctx.write_csv("curves.csv", [{"variant": v, "seed": s, **c}
                                  for v, rs in runs.items() for s, r in enumerate(rs) for c in r["curve"]])

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ..training import DistInfo, GracefulInterrupt
+
 
 class ConfigError(ValueError):
     """A bad ``--set key=value`` override or an invalid config value."""
@@ -192,23 +194,42 @@ def environment() -> dict[str, Any]:
 
 @dataclass
 class RunContext:
-    """Where and how a run writes its outputs."""
+    """Where and how a run writes its outputs.
+
+    ``resume`` asks training loops to continue from the checkpoints under
+    :attr:`checkpoint_dir`; ``interrupt`` is the run's
+    :class:`~unbottleneck.training.GracefulInterrupt` (loops call
+    ``ctx.interrupt.check(save)`` between steps); ``dist`` describes the torchrun
+    process group, and only its rank 0 writes files.
+    """
 
     out_dir: Path
     progress: bool = True
     data_dir: str | None = None
     command: str = ""
     files: list[str] = field(default_factory=list)
+    resume: bool = False
+    interrupt: GracefulInterrupt = field(default_factory=GracefulInterrupt)
+    dist: DistInfo = field(default_factory=DistInfo)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes outputs (rank 0 of a torchrun group, or the only process)."""
+        return self.dist.is_main
+
     def bar(self, total: int, desc: str):
-        """A tqdm progress bar (silent when progress is off)."""
+        """A tqdm progress bar (silent when progress is off, and on ranks other than 0)."""
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False,
+        return tqdm(total=total, desc=desc, disable=not (self.progress and self.writes), leave=False,
                     dynamic_ncols=True, file=sys.stderr)
 
     def _record(self, name: str) -> Path:
@@ -216,9 +237,13 @@ class RunContext:
             self.files.append(name)
         return self.out_dir / name
 
+    def _write(self, path: Path, data: bytes) -> None:
+        if self.writes:
+            atomic_write_bytes(path, data)
+
     def write_json(self, name: str, obj: Any) -> Path:
         path = self._record(name)
-        atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+        self._write(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
         return path
 
     def write_csv(self, name: str, rows: list[dict[str, Any]]) -> Path:
@@ -231,12 +256,12 @@ class RunContext:
         writer = csv.DictWriter(buf, fieldnames=columns)
         writer.writeheader()
         writer.writerows(_jsonable(rows))
-        atomic_write_bytes(path, buf.getvalue().encode())
+        self._write(path, buf.getvalue().encode())
         return path
 
     def write_text(self, name: str, text: str) -> Path:
         path = self._record(name)
-        atomic_write_bytes(path, text.encode())
+        self._write(path, text.encode())
         return path
 
     def savefig(self, fig: Any, name: str) -> Path:
@@ -245,9 +270,10 @@ class RunContext:
 
         path = self._record(name)
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        if self.writes:
+            fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
+        self._write(path, buf.getvalue())
         return path
 
 
@@ -259,18 +285,32 @@ def run_experiment(
     data_dir: str | None = None,
     progress: bool = True,
     command: str = "",
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run a registered experiment and write its outputs; returns ``results.json``'s content."""
+    """Run a registered experiment and write its outputs; returns ``results.json``'s content.
+
+    With ``resume=True`` the run continues from the checkpoints an interrupted run
+    left in ``out_dir`` (its config must be the same).  Under ``torchrun`` the
+    process group is set up here; every rank runs the experiment, rank 0 writes.
+    SIGINT/SIGTERM make training loops checkpoint and raise
+    :class:`~unbottleneck.training.TrainingInterrupted`.
+    """
     import matplotlib
+
+    from ..training import distributed
 
     matplotlib.use("Agg")  # headless: figures are only ever written to files
     exp = get_experiment(name)
     cfg = exp.make_config(quick=quick, overrides=overrides)
     out = Path(out_dir) if out_dir is not None else Path("runs") / (name + ("-quick" if quick else ""))
-    ctx = RunContext(out, progress=progress, data_dir=data_dir, command=command)
+    if resume:
+        _check_resumable(out, cfg)
+    dist = distributed.setup(getattr(cfg, "device", "cpu"))
+    ctx = RunContext(out, progress=progress, data_dir=data_dir, command=command, resume=resume, dist=dist)
     ctx.write_json("config.json", cfg)
     start = time.time()
-    metrics = exp.fn(cfg, ctx)
+    with ctx.interrupt:
+        metrics = exp.fn(cfg, ctx)
     results = {
         "experiment": name,
         "quick": quick,
@@ -283,3 +323,18 @@ def run_experiment(
     }
     ctx.write_json("results.json", results)
     return _jsonable(results)
+
+
+def _check_resumable(out: Path, cfg: Any) -> None:
+    """Refuse to resume into a folder without a run, or with a different config."""
+    saved_path = out / "config.json"
+    if not saved_path.is_file():
+        raise ConfigError(f"nothing to resume: {saved_path} does not exist (run without --resume first)")
+    saved = json.loads(saved_path.read_text())
+    now = _jsonable(cfg)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(
+            "cannot resume with a different config; changed: "
+            + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed)
+        )

@@ -1,0 +1,104 @@
+"""Checkpoints: atomic writes, safe loading and the random-number state of a run.
+
+A checkpoint is written to a temporary file in the target folder, flushed to
+disk and moved over the old one with :func:`os.replace`, so a crash or a kill at
+any moment leaves either the previous checkpoint or the new one, never a
+truncated file.  Checkpoints hold only tensors and plain Python containers so
+they load with ``torch.load(weights_only=True)``.
+
+:func:`rng_state` / :func:`set_rng_state` capture and restore every global
+generator a training loop may draw from (Python, NumPy, torch CPU and CUDA), so
+a resumed run continues with exactly the random numbers an uninterrupted one
+would have drawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, truncated or of the wrong kind."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` through a temporary file in the same folder and :func:`os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None,
+                    version: int | None = None) -> dict:
+    """Load a checkpoint dict (``weights_only``: no arbitrary code runs on load).
+
+    Args:
+        path: the file.
+        kind, version: if given, the checkpoint's ``"kind"`` / ``"format"`` entries must match.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is corrupt, truncated or not the expected kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged zip archives
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; the file is damaged or "
+                              "truncated; delete it to start over") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dict")
+    if kind is not None and ckpt.get("kind") != kind:
+        raise CheckpointError(f"{path} is a {ckpt.get('kind')!r} checkpoint, expected {kind!r}")
+    if version is not None and ckpt.get("format") != version:
+        raise CheckpointError(f"{path} has checkpoint format {ckpt.get('format')!r}, expected {version}")
+    return ckpt
+
+
+def rng_state() -> dict:
+    """The state of Python's, NumPy's and torch's global generators (weights_only-safe)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": (py[0], list(py[1]), py[2]),
+        # NumPy's key array is stored as a tensor so the file loads with weights_only=True.
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the generators captured by :func:`rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
