@@ -30,8 +30,9 @@ from unbottleneck.iat import (
     iat_reference,
     quadrature_rule,
 )
+from unbottleneck.iat import functional as Fn
 from unbottleneck.iat.functional import resolve_nonlinearity
-from unbottleneck.iat.module import AUTO_FAST_MIN_SIZE
+from unbottleneck.iat.module import AUTO_FAST_MIN_SIZE, AUTO_FFT_MIN_SIZE, AUTO_SELECT_MIN_SIZE
 
 DT = torch.float64
 Q_MODES = ("dual", "same", "normalized")
@@ -783,3 +784,231 @@ def test_fast_path_saves_only_the_input(dtype):
     assert fast <= B * d * item + 1024, fast
     assert ref >= B * M * item, ref
     assert ref >= 4 * fast
+
+
+# --------------------------------------------------------------------------------------
+# 13. Structured kernels of the fast path (select / band / fourier) and their dispatch
+# --------------------------------------------------------------------------------------
+
+KERNEL_OF = {  # (basis, q, quadrature) -> the kernel iat_fast must pick
+    ("rectangular", "dual", "midpoint"): "select",
+    ("rectangular", "same", "trapezoid"): "select",
+    ("rectangular", "normalized", "gauss_legendre"): "select",
+    ("rectangular", "fourier_out", "midpoint"): "select",  # P^T Qw dense: sigma(z) @ G
+    ("piecewise_linear", "dual", "midpoint"): "band",  # dense dual: tridiagonal solve
+    ("piecewise_linear", "dual", "trapezoid"): "band",
+    ("piecewise_linear", "dual", "gauss_legendre"): "band",  # crowded ends: extra rows
+    ("piecewise_linear", "same", "midpoint"): "band",
+    ("piecewise_linear", "normalized", "gauss_legendre"): "band",
+    ("piecewise_linear", "fourier_out", "midpoint"): "generic",  # Qw not diag(w) P K
+    ("fourier", "dual", "midpoint"): "fourier",
+    ("fourier", "normalized", "midpoint"): "fourier",
+    ("fourier", "same", "trapezoid"): "generic",  # FFT needs midpoint nodes
+    ("fourier", "dual", "gauss_legendre"): "generic",
+}
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few rows, so every chunk boundary of the kernels is exercised."""
+    monkeypatch.setattr(Fn, "CHUNK_ELEMENTS", 40)
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "leaky_relu", "softplus"])
+@pytest.mark.parametrize("key", list(KERNEL_OF))
+def test_kernel_matches_reference(key, nonlinearity, small_chunks):
+    basis, q, quadrature = key
+    d = 13  # odd: a Fourier basis ending on a sine, a last hat interval of its own
+    m = make(d, basis=basis, quadrature=quadrature, nonlinearity=nonlinearity,
+             implementation="fast", **q_kwargs(q, d))
+    expected = KERNEL_OF[key]
+    if expected == "select" and nonlinearity == "softplus":
+        assert m.kernel == "select"  # rectangular values are exactly 1: any sigma
+    assert m.kernel == expected
+    z = randn(3, 4, d, seed=21)
+    w = randn(3, 4, m.out_features, seed=22)
+    y_fast, g_fast = _value_and_grad(m, z, w)
+    y_ref, g_ref = _value_and_grad(m.reference, z, w)
+    torch.testing.assert_close(y_fast, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("basis,q", [("rectangular", "dual"), ("piecewise_linear", "dual"),
+                                     ("piecewise_linear", "normalized"), ("fourier", "dual")])
+def test_kernel_float32_at_production_size(basis, q):
+    d, B = 64, 96
+    m = IAT(d, basis=basis, q=q, implementation="fast")  # float32, M = 4d
+    z = torch.randn(B, d, generator=gen(3)).requires_grad_()
+    w = torch.randn(B, d, generator=gen(4))
+    y, g = _value_and_grad(m, z, w)
+    y64, g64 = _value_and_grad(m.double().reference, z.double(), w.double())
+    torch.testing.assert_close(y.double(), y64, rtol=0, atol=2e-5)
+    torch.testing.assert_close(g.double(), g64, rtol=0, atol=2e-5)
+
+
+KERNEL_GRADCHECK = [
+    ("piecewise_linear", {"q": "dual"}, "relu"),
+    ("piecewise_linear", {"q": "normalized", "quadrature": "gauss_legendre"}, "relu"),
+    ("piecewise_linear", {"q": "dual"}, "tanh"),
+    ("fourier", {}, "relu"),
+    ("fourier", {}, "gelu"),
+    ("rectangular", {"q": "same"}, "relu"),
+]
+
+
+@pytest.mark.parametrize("basis,kwargs,nonlinearity", KERNEL_GRADCHECK)
+def test_kernel_gradcheck(basis, kwargs, nonlinearity, small_chunks):
+    m = make(9, basis=basis, nonlinearity=nonlinearity, implementation="fast", **kwargs)
+    assert m.kernel != "generic"
+    z = _input_away_from_kinks(m, batch=3, margin=1e-3, seed=5)
+    assert gradcheck(m, (z.requires_grad_(),), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("basis", ["piecewise_linear", "fourier"])
+@pytest.mark.parametrize("shape", [(0, 10), (10,), (1, 10), (2, 1, 3, 10)])
+def test_kernel_odd_and_leading_shapes(basis, shape):
+    m = make(10, basis=basis, implementation="fast")
+    z = randn(*shape, seed=6).requires_grad_()
+    y = m(z)
+    assert y.shape == shape
+    torch.testing.assert_close(y, m.reference(z), rtol=0, atol=1e-12)
+    y.sum().backward()
+    assert z.grad.shape == shape
+
+
+@pytest.mark.parametrize("basis", ["rectangular", "piecewise_linear", "fourier"])
+def test_kernel_non_contiguous_input(basis):
+    m = make(12, basis=basis, implementation="fast")
+    base = randn(12, 7, seed=7).requires_grad_()
+    z = base.t()  # (7, 12), transposed strides
+    assert not z.is_contiguous()
+    w = randn(7, 12, seed=8)
+    y_fast, g_fast = _value_and_grad(m, z, w)
+    y_ref, g_ref = _value_and_grad(m.reference, z, w)
+    torch.testing.assert_close(y_fast, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)
+
+
+def test_band_kernel_smallest_and_sparse_node_sets():
+    # d = 2 (one interval); M < d - 1 (hats no node sees, empty intervals: only extra
+    # rows); d = 1 (a constant: select, every node sees the one function with value 1)
+    for d, M, kernel in ((2, 8, "band"), (9, 3, "band"), (1, 5, "select")):
+        m = make(d, basis="piecewise_linear", num_points=M, q="same", implementation="fast")
+        assert m.kernel == kernel, (d, M, m.kernel)
+        z = randn(4, d, seed=d)
+        w = randn(4, d, seed=d + 1)
+        y_fast, g_fast = _value_and_grad(m, z, w)
+        y_ref, g_ref = _value_and_grad(m.reference, z, w)
+        torch.testing.assert_close(y_fast, y_ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)
+
+
+def test_band_layout_main_and_extra_rows():
+    k = make(16, basis="piecewise_linear", implementation="fast")._ops.kernel  # M = 64, J = 15
+    assert k.R == 64 // 15 and k.main.A.shape == (15, 4, 2)
+    assert k.extra is not None and int((k.extra.A != 0).any(-1).sum()) == 64 - 4 * 15
+    assert k.out.kind == "tridiagonal"  # the dense dual of the hats
+    assert make(16, basis="piecewise_linear", q="normalized")._ops.kernel.out.kind == "identity"
+    exact = make(16, basis="piecewise_linear", num_points=60)._ops.kernel  # M = 4 (d - 1)
+    assert exact.extra is None
+
+
+@pytest.mark.parametrize("zero_mean", [True, False])
+def test_generic_path_still_matches_for_local_bases(zero_mean):
+    # kernels=False keeps the CSR path (and zero-mean bases always take it)
+    for basis in BASES:
+        mats = discretize(24, basis=basis, zero_mean=zero_mean, q="normalized")
+        ops = build_structure(mats["P"], mats["Qw"], weights=mats["weights"], kernels=False)
+        assert ops.kernel is None and ops.kernel_name() == "generic"
+        z = randn(5, 24, seed=9)
+        torch.testing.assert_close(iat_fast(z, ops), iat_reference(z, mats["P"], mats["Qw"]))
+        auto = build_structure(mats["P"], mats["Qw"], weights=mats["weights"])
+        # zero mean makes local bases dense; the Fourier functions already integrate to 0
+        assert (auto.kernel_name() == "generic") == (zero_mean and basis != "fourier")
+
+
+def test_build_structure_weights_and_select_rules():
+    mats = discretize(8, basis="piecewise_linear", num_points=32)
+    # without weights the output side cannot be factored: only select could be found
+    assert build_structure(mats["P"], mats["Qw"]).kernel_name() == "generic"
+    assert build_structure(mats["P"], mats["Qw"], weights=mats["weights"]).kernel_name() == "band"
+    with pytest.raises(ValueError, match="weights must have shape"):
+        build_structure(mats["P"], mats["Qw"], weights=mats["weights"][:-1])
+    # rectangular rows scaled by 2: exact only for positively homogeneous nonlinearities
+    rect = discretize(6, basis="rectangular", num_points=24)
+    ops = build_structure(2 * rect["P"], rect["Qw"], weights=rect["weights"])
+    assert ops.kernel_name("relu") == "select" and ops.kernel_name("leaky_relu") == "select"
+    assert ops.kernel_name("tanh") == "generic"
+    z = randn(4, 6, seed=10)
+    for name in ("relu", "tanh"):
+        sigma = NONLINEARITIES[name]
+        torch.testing.assert_close(
+            iat_fast(z, ops, name, sigma), iat_reference(z, 2 * rect["P"], rect["Qw"], sigma)
+        )
+    # half precision keeps the generic path
+    assert build_structure(rect["P"].half(), rect["Qw"].half(), weights=rect["weights"]).kernel is None
+
+
+def test_auto_dispatch_thresholds():
+    small = int(AUTO_SELECT_MIN_SIZE**0.5 / 2)  # d * 4d just above the select threshold
+    assert make(small, basis="rectangular").use_fast
+    assert not make(small - 1, basis="rectangular").use_fast
+    assert 128 * 512 < AUTO_FFT_MIN_SIZE <= 256 * 1024
+    assert not make(128, basis="fourier").use_fast
+    m = make(256, basis="fourier")
+    assert m.use_fast and m.kernel == "fourier"
+    assert make(128, basis="piecewise_linear", q="normalized").kernel == "band"
+
+
+@pytest.mark.parametrize("basis", ["piecewise_linear", "fourier"])
+def test_kernels_save_only_the_input(basis):
+    B, d = 64, 32
+    m = make(d, basis=basis, implementation="fast")
+    z = randn(B, d, seed=11).requires_grad_()
+    assert _saved_bytes(m, z) == B * d * 8
+    assert _saved_bytes(m.reference, z) >= 2 * B * 4 * d * 8
+
+
+def test_kernel_follows_dtype_and_copies():
+    m = IAT(20, basis="piecewise_linear", implementation="fast", dtype=DT)
+    assert m._ops.kernel.main.A.dtype == DT
+    assert m.float()._ops.kernel.main.A.dtype == torch.float32 and m.kernel == "band"
+    # bases rounded to float32 no longer factor exactly in float64: the generic path
+    # (exact to round-off against the reference) takes over
+    assert m.double().kernel == "generic"
+    m = IAT(20, basis="piecewise_linear", implementation="fast", dtype=DT)
+    clone = pickle.loads(pickle.dumps(m))
+    z = randn(3, 20, seed=12)
+    assert clone.kernel == "band" and torch.equal(clone(z), m(z))
+
+
+def _recurrence(b: torch.Tensor, c: torch.Tensor, reverse: bool) -> torch.Tensor:
+    x = b.clone()
+    order = range(len(b) - 2, -1, -1) if reverse else range(1, len(b))
+    for i in order:
+        x[i] = b[i] + c[i] * x[i + 1 if reverse else i - 1]
+    return x
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("n", [1, 2, 7, 40])
+def test_log_depth_scan_is_the_recurrence(n, reverse):
+    c = 0.9 * torch.rand(n, generator=gen(n), dtype=DT) * torch.sign(randn(n, seed=n))
+    b = randn(n, 3, seed=n + 1)
+    scan = Fn._Scan.build(c, reverse, threshold=1e-20)
+    out = scan.apply(b, torch.empty_like(b), torch.empty_like(b))
+    torch.testing.assert_close(out, _recurrence(b, c[:, None], reverse), rtol=0, atol=1e-12)
+    assert len(scan.shifts) <= max(1, math.ceil(math.log2(max(n, 1)))) + 1
+
+
+def test_tridiagonal_solver_matches_dense_solve():
+    n = 30
+    lower, upper = randn(n - 1, seed=1), randn(n - 1, seed=2)
+    diag = 4.0 + randn(n, seed=3).abs()
+    S = torch.diag(diag) + torch.diag(lower, -1) + torch.diag(upper, 1)
+    solver = Fn._tridiag_solver(lower, diag, upper, threshold=1e-20)
+    v = randn(n, 5, seed=4)
+    y = solver.apply(v.clone(), torch.empty_like(v), torch.empty_like(v))
+    torch.testing.assert_close(y, torch.linalg.solve(S, v), rtol=0, atol=1e-12)
+    # not diagonally dominant: refused (the scans would not contract)
+    assert Fn._tridiag_solver(lower, 0.1 * diag, upper, threshold=1e-20) is None

@@ -49,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only these experiments of the plan")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     rep.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+    bench = sub.add_parser(
+        "bench", help="speed and memory benchmarks, as ratios to baselines measured in the same run",
+        description="Run the benchmarks (iat, adaptive_linear, gdnn, alstm) and write "
+                    "OUT/results.json and OUT/results.md; the tables are printed too.")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes, 1-2 repeats (smoke test)")
+    bench.add_argument("--only", default=None, metavar="NAME[,NAME]",
+                       help="run only these benchmarks")
+    bench.add_argument("--out", default=None, help="output folder (default runs/bench[-quick])")
+    bench.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
+    bench.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    bench.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     return parser
 
 
@@ -91,6 +103,32 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     return 1 if failed else 0
 
 
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from .bench import run_benchmarks
+    from .bench.runner import resolve_names
+
+    if not _set_threads(args.threads):
+        return 2
+    if args.repeats < 1:
+        print("unbottleneck: error: --repeats must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        names = resolve_names(args.only)
+    except ValueError as exc:
+        print(f"unbottleneck: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        doc = run_benchmarks(names, quick=args.quick, repeats=args.repeats, out_dir=args.out,
+                             progress=not args.no_progress,
+                             command="unbottleneck " + " ".join(shlex.quote(a) for a in argv))
+    except KeyboardInterrupt:
+        print("unbottleneck: interrupted", file=sys.stderr)
+        return 130
+    print(f"bench: done in {doc['wall_time_s']} s; results: "
+          f"{os.path.join(doc['out_dir'], 'results.md')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unbottleneck`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -102,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "reproduce":
         return _reproduce(args, argv)
+    if args.command == "bench":
+        return _bench(args, argv)
 
     from .experiments import REGISTRY, ConfigError, get_experiment, load_all, run_experiment
 

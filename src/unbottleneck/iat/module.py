@@ -1,4 +1,36 @@
-"""``IAT`` / ``IATReLU``: the Integral Activation Transform as an ``nn.Module``."""
+"""``IAT`` / ``IATReLU``: the Integral Activation Transform as an ``nn.Module``.
+
+Dispatch (``implementation=``):
+
+* ``"reference"`` -- always the dense oracle :func:`~.functional.iat_reference`
+  (so are trainable bases, and every call under ``torch.compile``, where the
+  custom autograd functions do not trace; the dense form does, and inductor fuses it).
+* ``"fast"`` -- always :func:`~.functional.iat_fast`: the structured kernel found
+  for the bases (``select`` for rectangular, ``band`` for piecewise-linear, ``fourier``
+  for the Fourier basis at midpoint nodes; see :mod:`.functional`), else the
+  generic CSR/dense recomputing path.
+* ``"auto"`` (default) -- the fast path when it is the faster one:
+
+  ===========  ======================================  ===================================
+  kernel       bases                                   taken by "auto" when
+  ===========  ======================================  ===================================
+  ``select``   rectangular (q dual/same/normalized,    ``d * M >= AUTO_SELECT_MIN_SIZE``
+               or an output family)                    (4096)
+  ``band``     piecewise_linear, q dual/same/          ``d * M >= AUTO_FAST_MIN_SIZE``
+               normalized, any quadrature              (65536)
+  ``fourier``  fourier at midpoint nodes, q dual/      ``d * M >= AUTO_FFT_MIN_SIZE``
+               same/normalized                         (262144)
+  ``generic``  anything else with a sparse P or Qw     ``d * M >= AUTO_FAST_MIN_SIZE``
+  (none)       dense bases without structure           never: the recomputation costs an
+                                                       extra dense matmul
+  ===========  ======================================  ===================================
+
+  The thresholds are measured crossovers against the dense path (forward +
+  backward, float32, 1 thread, batch 64-512, M = 4d): the ``band`` kernel wins from
+  d = 64-128 (batch 512) or 128-256 (batch 64) on; the FFT from d = 128 (batch
+  512) or 256 (batch 64) on; ``select`` (an element-wise op) wins at every size, and
+  its small threshold only keeps tiny layers on the exact oracle path.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +50,10 @@ from .quadrature import canonical_quadrature, quadrature_rule
 
 Q_MODES = ("dual", "same", "normalized")
 IMPLEMENTATIONS = ("auto", "fast", "reference")
-# d * M from which "auto" takes the sparse fast path (see IAT.use_fast).
-AUTO_FAST_MIN_SIZE = 65536
+# d * M from which "auto" takes the fast path (see the module docstring and IAT.use_fast).
+AUTO_FAST_MIN_SIZE = 65536  # band and generic kernels
+AUTO_FFT_MIN_SIZE = 4 * 65536  # fourier kernel
+AUTO_SELECT_MIN_SIZE = 4096  # select kernel
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -193,7 +227,7 @@ class IAT(nn.Module):
         if self.trainable or self.implementation == "reference":
             self._ops = None
         else:
-            self._ops = build_structure(self.P.detach(), self.Qw.detach())
+            self._ops = build_structure(self.P.detach(), self.Qw.detach(), weights=self.weights)
 
     def __getstate__(self):  # type: ignore[override]
         # The operators may hold sparse CSR tensors, which copy.deepcopy cannot copy;
@@ -214,24 +248,38 @@ class IAT(nn.Module):
         return out
 
     @property
-    def use_fast(self) -> bool:
-        """Whether forward takes the structured, recomputing path.
+    def kernel(self) -> str | None:
+        """What :func:`iat_fast` runs for this layer: ``"select"``, ``"band"``, ``"fourier"``
+        or ``"generic"`` (None when the module has no fast operators)."""
+        return None if self._ops is None else self._ops.kernel_name(self.sigma_name)
 
-        ``"auto"`` takes it when a basis is sparse (local bases) *and* the
-        problem is large enough, ``in_features * num_points >= AUTO_FAST_MIN_SIZE``:
-        below that (measured crossover on a 2-core CPU near d = 64, M = 1024) the
-        sparse kernels' overhead outweighs the saved flops and one dense BLAS
-        call wins.  For dense bases the recomputation costs an extra matmul, so
-        ``"auto"`` keeps the reference path there and ``"fast"`` opts into the
+    @property
+    def use_fast(self) -> bool:
+        """Whether forward takes the fast (structured, recomputing) path.
+
+        ``"auto"`` takes it when ``in_features * num_points`` reaches the
+        threshold of the kernel the bases allow (``AUTO_SELECT_MIN_SIZE``,
+        ``AUTO_FAST_MIN_SIZE`` or ``AUTO_FFT_MIN_SIZE``, see the module docstring);
+        below that (measured crossovers on a 2-core CPU) one or two dense BLAS
+        calls win.  Dense bases without structure keep the reference path: there
+        the recomputation costs an extra matmul, and ``"fast"`` opts into the
         memory saving.
         """
         if self.implementation == "reference" or self.trainable:
             return False
         if self.implementation == "fast":
             return True
-        if self.in_features * self.num_points < AUTO_FAST_MIN_SIZE:
+        if self._ops is None:
             return False
-        return self._ops is not None and any(self._ops.sparse)
+        size = self.in_features * self.num_points
+        kernel = self.kernel
+        if kernel == "fourier":
+            return size >= AUTO_FFT_MIN_SIZE
+        if kernel == "select":
+            return size >= AUTO_SELECT_MIN_SIZE
+        if kernel == "band":
+            return size >= AUTO_FAST_MIN_SIZE
+        return size >= AUTO_FAST_MIN_SIZE and any(self._ops.sparse)
 
     # -- forward ----------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> torch.Tensor:
