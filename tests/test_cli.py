@@ -17,6 +17,8 @@ TINY = {
     "multimodal": ["steps=30", "eval_every=10", "n_train=100", "n_test=51"],
     "mnist-bottleneck": ["n_train=500", "diag_samples=200", "hidden=16,8",
                          "variants=sigmoid,sva-sigmoid,ioa-none"],
+    "lm": ["preset=ptb-awd-lstm", "epochs=1", "max_batches=2", "eval_tokens=200", "bptt=8"],
+    "lm-robustness": ["samples=2", "max_batches=2", "eval_tokens=200"],
 }
 
 

@@ -6,6 +6,16 @@ Files live under ``<root>/<dataset>/`` where the root is an explicit
 pinned by size and sha256 in :data:`DATASETS`.
 """
 
+from .corpus import (
+    CORPORA,
+    BPTTSchedule,
+    Corpus,
+    Dictionary,
+    batchify,
+    get_batch,
+    load_corpus,
+    unigram_perplexity,
+)
 from .download import (
     DATA_ENV_VAR,
     DATASETS,
@@ -22,6 +32,14 @@ from .download import (
 from .mnist import MNIST, load_mnist, read_idx
 
 __all__ = [
+    "CORPORA",
+    "BPTTSchedule",
+    "Corpus",
+    "Dictionary",
+    "batchify",
+    "get_batch",
+    "load_corpus",
+    "unigram_perplexity",
     "DATASETS",
     "DATA_ENV_VAR",
     "MNIST",

@@ -2,7 +2,7 @@
 
 from .runner import REGISTRY, ConfigError, RunContext, get_experiment, register, run_experiment
 
-_MODULES = ("iat_fit", "iat_memorize", "iat_points", "multimodal", "mnist_bottleneck")
+_MODULES = ("iat_fit", "iat_memorize", "iat_points", "multimodal", "mnist_bottleneck", "lm", "lm_robustness")
 
 
 def load_all() -> None:
