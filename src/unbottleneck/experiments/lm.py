@@ -31,6 +31,7 @@ from typing import Optional
 from ..data.corpus import load_corpus
 from ..lm import PRESETS, LMConfig, LMTrainer, TrainingDiverged, alstm_available, get_preset
 from ..lm.train import BEST_NAME, CHECKPOINT_NAME
+from ..training import distributed
 from .common import markdown_table
 from .runner import ConfigError, RunContext, register
 
@@ -124,34 +125,45 @@ def run(run_cfg, ctx: RunContext) -> dict:
         )
     corpus = load_corpus(cfg.dataset, data_dir=ctx.data_dir)
     ckpt = ctx.out_dir / CHECKPOINT_NAME
-    if run_cfg.resume:
+    log = _log if ctx.writes else (lambda msg: None)
+    if run_cfg.resume or ctx.resume:
         if not ckpt.exists():
-            raise ConfigError(f"resume=true but there is no checkpoint at {ckpt}")
+            raise ConfigError(f"resume requested but there is no checkpoint at {ckpt}")
         try:
-            trainer = LMTrainer.resume(cfg, corpus, ctx.out_dir, bar=ctx.bar, log=_log)
+            trainer = LMTrainer.resume(cfg, corpus, ctx.out_dir, bar=ctx.bar, log=log, dist=ctx.dist)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        _log(f"resuming from {ckpt} at epoch {trainer.epoch + 1}, batch {trainer.batch}")
+        log(f"resuming from {ckpt} at epoch {trainer.epoch + 1}, batch {trainer.batch}")
     else:
         if ckpt.exists() and not (run_cfg.overwrite or run_cfg.quick):
             raise ConfigError(
-                f"{ckpt} already exists: pass --set resume=true to continue that run, "
+                f"{ckpt} already exists: pass --resume (or --set resume=true) to continue that run, "
                 "--set overwrite=true to start over, or choose another --out"
             )
-        for name in (CHECKPOINT_NAME, BEST_NAME):
-            (ctx.out_dir / name).unlink(missing_ok=True)
-        trainer = LMTrainer(cfg, corpus, ctx.out_dir, bar=ctx.bar, log=_log)
+        distributed.barrier(ctx.dist)  # every rank has looked before rank 0 deletes
+        if ctx.writes:
+            for name in (CHECKPOINT_NAME, BEST_NAME):
+                (ctx.out_dir / name).unlink(missing_ok=True)
+        (ctx.out_dir / f"checkpoint.rank{ctx.dist.rank}.pt").unlink(missing_ok=True)
+        trainer = LMTrainer(cfg, corpus, ctx.out_dir, bar=ctx.bar, log=log, dist=ctx.dist)
     ctx.write_json("lm_config.json", cfg)
 
     def on_epoch_end(tr: LMTrainer) -> None:
         ctx.write_csv("metrics.csv", _history_rows(tr.history))
 
+    def on_batch_end(tr: LMTrainer) -> None:
+        # a safe point: on SIGINT/SIGTERM write a mid-epoch checkpoint and stop
+        ctx.interrupt.check(tr.save_checkpoint, ctx.dist)
+
     status, message = "ok", ""
+    diverged: TrainingDiverged | None = None
     try:
-        summary = trainer.fit(on_epoch_end=on_epoch_end)
+        with ctx.interrupt.deferring():
+            summary = trainer.fit(on_batch_end=on_batch_end, on_epoch_end=on_epoch_end)
     except TrainingDiverged as exc:
+        diverged = exc
         status, message = "diverged", str(exc)
-        _log(f"training diverged: {exc}")
+        log(f"training diverged: {exc}")
         summary = {"epochs": trainer.epoch, "best_epoch": trainer.best_epoch,
                    "best_val_loss": trainer.best_val,
                    "best_val_ppl": math.exp(trainer.best_val) if math.isfinite(trainer.best_val)
@@ -159,10 +171,6 @@ def run(run_cfg, ctx: RunContext) -> dict:
                    "test_loss": float("nan"), "test_ppl": float("nan"),
                    "params": trainer.num_parameters, "asgd_epoch": trainer.asgd_epoch,
                    "tokens_per_s": float("nan"), "history": trainer.history, "curve": trainer.curve}
-    except KeyboardInterrupt:
-        if ckpt.exists():
-            _log(f"interrupted; continue with --set resume=true (checkpoint: {ckpt})")
-        raise
 
     history = summary["history"]
     ctx.write_csv("metrics.csv", _history_rows(history) or [{"epoch": 0}])
@@ -220,5 +228,7 @@ def run(run_cfg, ctx: RunContext) -> dict:
         "",
     ]
     ctx.write_text("report.md", "\n".join(lines))
+    if diverged is not None:
+        raise diverged  # after the report: the command exits non-zero, the outputs stay
     return {"summary": headline, "history": history, "message": message,
             "config": dataclasses.asdict(cfg), "checkpoint": str(ckpt)}

@@ -26,6 +26,7 @@ for a fixed number of epochs on all 60,000 training images; accuracy on the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -206,38 +207,40 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
     x, y = data["x_train"].to(dev), data["y_train"].to(dev)
     xt, yt = data["x_test"].to(dev), data["y_test"].to(dev)
     starts = range(0, x.shape[0], cfg.batch_size)
-    while epoch < cfg.epochs:
-        t0 = time.perf_counter()
-        net.train()
-        order.set_state(epoch_order)
-        perm = torch.randperm(x.shape[0], generator=order).to(dev)
-        for b_index in range(next_batch, len(starts)):
-            if ctx is not None:
-                ctx.interrupt.check(save)
-            batch = perm[starts[b_index]:starts[b_index] + cfg.batch_size]
-            local, _ = distributed.shard(batch, dist)
-            # sum / global count, times world size: DDP's gradient average is then the
-            # gradient of the global batch's mean loss, exactly as in one process.
-            loss_sum = F.cross_entropy(net(x[local]), y[local], reduction="sum")
-            loss = loss_sum * (dist.world_size / batch.numel())
-            step_total = float(distributed.all_reduce_sum(loss_sum.detach(), dist))
-            if not math.isfinite(step_total):
-                raise TrainingDiverged(
-                    f"{variant} (seed {seed}): training loss became {step_total} in epoch {epoch + 1}, "
-                    f"batch {b_index}; training stopped",
-                    ckpt_path if ckpt_path is not None and ckpt_path.is_file() else None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += step_total
-            next_batch = b_index + 1
-        epoch += 1
-        curve.append({"epoch": epoch, "train_loss": running / x.shape[0],
-                      "test_acc": accuracy(model, xt, yt)})
-        elapsed += time.perf_counter() - t0
-        epoch_order, next_batch, running = order.get_state(), 0, 0.0
-        save()
-        bar.update(1)
+    safe_points = ctx.interrupt.deferring() if ctx is not None else contextlib.nullcontext()
+    with safe_points:
+        while epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            net.train()
+            order.set_state(epoch_order)
+            perm = torch.randperm(x.shape[0], generator=order).to(dev)
+            for b_index in range(next_batch, len(starts)):
+                if ctx is not None:
+                    ctx.interrupt.check(save, dist)
+                batch = perm[starts[b_index]:starts[b_index] + cfg.batch_size]
+                local, _ = distributed.shard(batch, dist)
+                # sum / global count, times world size: DDP's gradient average is then the
+                # gradient of the global batch's mean loss, exactly as in one process.
+                loss_sum = F.cross_entropy(net(x[local]), y[local], reduction="sum")
+                loss = loss_sum * (dist.world_size / batch.numel())
+                step_total = float(distributed.all_reduce_sum(loss_sum.detach(), dist))
+                if not math.isfinite(step_total):
+                    raise TrainingDiverged(
+                        f"{variant} (seed {seed}): training loss became {step_total} in epoch {epoch + 1}, "
+                        f"batch {b_index}; training stopped",
+                        ckpt_path if ckpt_path is not None and ckpt_path.is_file() else None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += step_total
+                next_batch = b_index + 1
+            epoch += 1
+            curve.append({"epoch": epoch, "train_loss": running / x.shape[0],
+                          "test_acc": accuracy(model, xt, yt)})
+            elapsed += time.perf_counter() - t0
+            epoch_order, next_batch, running = order.get_state(), 0, 0.0
+            save()
+            bar.update(1)
 
     model.eval()
     with BottleneckRecorder(model, max_samples=400_000, seed=seed) as rec, torch.no_grad():

@@ -305,12 +305,19 @@ def run_experiment(
     out = Path(out_dir) if out_dir is not None else Path("runs") / (name + ("-quick" if quick else ""))
     if resume:
         _check_resumable(out, cfg)
-    dist = distributed.setup(getattr(cfg, "device", "cpu"))
+    resolved = cfg.resolve() if callable(getattr(cfg, "resolve", None)) else cfg
+    dist = distributed.setup(getattr(resolved, "device", "cpu"))
     ctx = RunContext(out, progress=progress, data_dir=data_dir, command=command, resume=resume, dist=dist)
     ctx.write_json("config.json", cfg)
     start = time.time()
-    with ctx.interrupt:
-        metrics = exp.fn(cfg, ctx)
+    # Saturated sigmoids make denormal floats, which x86 CPUs process ~15x slower (one
+    # MNIST epoch: 26 s instead of 1.7 s); flushing them to zero changes values below 1e-38.
+    torch.set_flush_denormal(True)
+    try:
+        with ctx.interrupt:
+            metrics = exp.fn(cfg, ctx)
+    finally:
+        torch.set_flush_denormal(False)
     results = {
         "experiment": name,
         "quick": quick,

@@ -37,7 +37,6 @@ import contextlib
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.corpus import BPTTSchedule, Corpus, batchify, get_batch
+from ..training import distributed
+from ..training.checkpoint import CheckpointError, atomic_torch_save, rng_state, set_rng_state
+from ..training.checkpoint import load_checkpoint as _load_checkpoint
+from ..training.interrupt import TrainingDiverged as _TrainingDiverged
 from .configs import RESUME_MUTABLE, LMConfig
 from .model import RNNLanguageModel, ar_tar_penalty, detach_state
 
@@ -67,45 +70,23 @@ CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(_TrainingDiverged):
     """The training loss (or gradient norm) became NaN/inf; training stopped."""
 
     def __init__(self, message: str, *, epoch: int, batch: int,
                  checkpoint: Path | None) -> None:
-        super().__init__(message)
+        super().__init__(message)  # the message already names the checkpoint
+        self.checkpoint = checkpoint
         self.epoch = epoch
         self.batch = batch
-        self.checkpoint = checkpoint
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` through a temporary file in the same folder and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict:
     """Read a checkpoint written by :class:`LMTrainer` (safe ``weights_only`` loading)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an unbottleneck LM checkpoint (format "
-                         f"{CHECKPOINT_FORMAT})")
-    return ckpt
+    try:
+        return _load_checkpoint(path, version=CHECKPOINT_FORMAT)
+    except CheckpointError as exc:
+        raise ValueError(f"{exc} (not an unbottleneck LM checkpoint?)") from None
 
 
 def build_model(cfg: LMConfig, vocab_size: int, device: torch.device | str | None = None
@@ -120,12 +101,6 @@ def build_model(cfg: LMConfig, vocab_size: int, device: torch.device | str | Non
         alstm_options={"implementation": cfg.alstm_implementation,
                        "policy_init": cfg.alstm_policy_init} if cfg.core == "alstm" else None,
     )
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class IterateAverage:
@@ -182,31 +157,6 @@ class IterateAverage:
                     for a, p in zip(state["avg"], self.params, strict=True)] if state["avg"] else []
 
 
-def _rng_state() -> dict:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state = {
-        "python": (py[0], list(py[1]), py[2]),
-        # numpy's key array is stored as a tensor so the file loads with weights_only=True
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -231,6 +181,16 @@ class LMTrainer:
         bar: ``bar(total, desc)`` returning a tqdm-like context manager (e.g.
             :meth:`RunContext.bar`); None shows no progress.
         log: called with one-line messages (epoch summaries, NT-ASGD switch).
+        dist: the torchrun process group (:func:`unbottleneck.training.distributed.setup`);
+            None or a single process trains alone.
+
+    Under torchrun (data parallel, DDP) every rank trains on its own share of the
+    ``batch_size`` columns of the training stream (``batch_size`` must divide by the
+    world size), so the averaged gradient is the one of the whole batch; every rank
+    evaluates the full validation/test data with the same weights.  Rank 0 writes
+    ``checkpoint.pt`` and ``best.pt``; ranks r > 0 write their own recurrent state and
+    RNG states to ``checkpoint.rank<r>.pt`` next to it, so a mid-epoch checkpoint can
+    be resumed by the same number of processes.
 
     Building a trainer seeds Python, NumPy and torch from ``cfg.seed`` (then
     builds the model), so a run is reproducible from its config.  Use
@@ -240,20 +200,28 @@ class LMTrainer:
 
     def __init__(self, cfg: LMConfig, corpus: Corpus, out_dir: str | os.PathLike[str] | None = None,
                  bar: Callable[[int, str], Any] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 dist: distributed.DistInfo | None = None) -> None:
         cfg.validate()
+        self.dist = dist or distributed.DistInfo()
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} does not divide among "
+                             f"{self.dist.world_size} processes")
         self.cfg = cfg
         self.corpus = corpus
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.bar = bar
         self.log = log or (lambda msg: None)
-        self.device = _resolve_device(cfg.device)
+        self.device = distributed.device_for(cfg.device, self.dist)
 
         _seed_all(cfg.seed)
         self.model = build_model(cfg, corpus.vocab_size, device=self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.num_parameters = sum(p.numel() for p in self.params)
-        self.train_data = batchify(corpus.train, cfg.batch_size).to(self.device)
+        self.net = distributed.wrap(self.model, self.dist)
+        train = batchify(corpus.train, cfg.batch_size)
+        share = cfg.batch_size // self.dist.world_size
+        self.train_data = train[:, self.dist.rank * share:(self.dist.rank + 1) * share].to(self.device)
         self.valid_data = batchify(self._eval_prefix(corpus.valid), cfg.eval_batch_size).to(self.device)
         self.test_data = batchify(self._eval_prefix(corpus.test), cfg.test_batch_size).to(self.device)
         self.schedule = BPTTSchedule(cfg.bptt, variable=cfg.variable_bptt, std=cfg.bptt_std,
@@ -292,6 +260,9 @@ class LMTrainer:
     @property
     def checkpoint_path(self) -> Path | None:
         return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+
+    def _rank_path(self, rank: int) -> Path | None:
+        return self.out_dir / f"checkpoint.rank{rank}.pt" if self.out_dir is not None else None
 
     @property
     def best_path(self) -> Path | None:
@@ -338,11 +309,13 @@ class LMTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.hidden = detach_state(self.hidden)
-        out = self.model(x, self.hidden)
+        out = self.net(x, self.hidden)
         raw_loss = F.cross_entropy(out.logits.reshape(-1, self.corpus.vocab_size), y.reshape(-1))
         loss = raw_loss + ar_tar_penalty(out.raw_output, out.output, cfg.alpha, cfg.beta)
-        if not bool(torch.isfinite(loss)):
-            self._diverged(f"training loss became {loss.detach().item()}")
+        # every rank must take the same decision, or one would wait forever in backward
+        total = float(distributed.all_reduce_sum(loss.detach(), self.dist))
+        if not math.isfinite(total):
+            self._diverged(f"training loss became {total / self.dist.world_size}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
@@ -454,7 +427,7 @@ class LMTrainer:
             self.best_epoch = self.epoch
             with self.average.swapped_in():
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            if self.best_path is not None:
+            if self.best_path is not None and self.dist.is_main:
                 atomic_torch_save({"format": CHECKPOINT_FORMAT, "kind": "best",
                                    "config": cfg.to_dict(), "epoch": self.epoch,
                                    "val_loss": val_loss, "model": self.best_state},
@@ -511,6 +484,7 @@ class LMTrainer:
             "format": CHECKPOINT_FORMAT,
             "kind": "state",
             "config": self.cfg.to_dict(),
+            "world_size": self.dist.world_size,
             "epoch": self.epoch,
             "batch": self.batch,
             "pos": self.pos,
@@ -521,7 +495,7 @@ class LMTrainer:
             "optimizer": self.optimizer.state_dict(),
             "average": self.average.state_dict(),
             "asgd_epoch": self.asgd_epoch,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "schedule": self.schedule.state_dict(),
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
@@ -550,21 +524,32 @@ class LMTrainer:
         self.val_losses = list(state["val_losses"])
         self.history = list(state["history"])
         self.curve = list(state["curve"])
-        _set_rng_state(state["rng"])  # last: nothing above may consume random numbers after it
+        set_rng_state(state["rng"])  # last: nothing above may consume random numbers after it
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoint.pt`` atomically (no-op without ``out_dir``)."""
+        """Write ``checkpoint.pt`` atomically (no-op without ``out_dir``).
+
+        Ranks r > 0 of a torchrun group write only what differs between ranks (their
+        recurrent state and RNG states) to ``checkpoint.rank<r>.pt``.
+        """
         path = self.checkpoint_path
         if path is None:
             return None
         if not _params_finite(self.model):
             self._diverged("a parameter became non-finite")
+        if not self.dist.is_main:
+            atomic_torch_save({"format": CHECKPOINT_FORMAT, "kind": "rank-state",
+                               "epoch": self.epoch, "batch": self.batch,
+                               "hidden": _plain(detach_state(self.hidden)), "rng": rng_state()},
+                              self._rank_path(self.dist.rank))
+            return path
         return atomic_torch_save(self.state_dict(), path)
 
     @classmethod
     def resume(cls, cfg: LMConfig, corpus: Corpus, out_dir: str | os.PathLike[str],
                bar: Callable[[int, str], Any] | None = None,
-               log: Callable[[str], None] | None = None) -> LMTrainer:
+               log: Callable[[str], None] | None = None,
+               dist: distributed.DistInfo | None = None) -> LMTrainer:
         """A trainer continuing from ``out_dir/checkpoint.pt``.
 
         ``cfg`` must equal the checkpoint's config except for the fields in
@@ -572,6 +557,17 @@ class LMTrainer:
         """
         path = Path(out_dir) / CHECKPOINT_NAME
         state = load_checkpoint(path)
+        dist = dist or distributed.DistInfo()
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != dist.world_size and (state["batch"] or saved_world > 1):
+            raise ValueError(f"cannot resume from {path}: it was written by {saved_world} "
+                             f"process(es), this run has {dist.world_size}")
+        if dist.rank > 0:
+            extra = load_checkpoint(Path(out_dir) / f"checkpoint.rank{dist.rank}.pt")
+            if (extra["epoch"], extra["batch"]) != (state["epoch"], state["batch"]):
+                raise ValueError(f"cannot resume: the checkpoints of rank 0 and rank {dist.rank} "
+                                 "are from different steps")
+            state = {**state, "hidden": extra["hidden"], "rng": extra["rng"]}
         saved = state["config"]
         current = cfg.to_dict()
         diff = sorted(k for k in current if k not in RESUME_MUTABLE
@@ -580,7 +576,7 @@ class LMTrainer:
             details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}"
                                 for k in diff)
             raise ValueError(f"cannot resume from {path}: the config differs ({details})")
-        trainer = cls(cfg, corpus, out_dir, bar=bar, log=log)
+        trainer = cls(cfg, corpus, out_dir, bar=bar, log=log, dist=dist)
         trainer.load_state_dict(state)
         return trainer
 

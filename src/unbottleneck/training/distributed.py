@@ -63,11 +63,21 @@ def info() -> DistInfo:
     return DistInfo(rank, world, _env_int("LOCAL_RANK", 0))
 
 
-def setup(device: torch.device | str = "cpu") -> DistInfo:
-    """Initialise the process group when launched by torchrun with more than one process."""
+def _device(name: torch.device | str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup(device: torch.device | str | None = "cpu") -> DistInfo:
+    """Initialise the process group when launched by torchrun with more than one process.
+
+    ``device`` (``None`` / ``"auto"``: CUDA if available) picks the backend: nccl for CUDA,
+    gloo otherwise.
+    """
     dist = info()
     if dist.distributed and not torch.distributed.is_initialized():
-        device = torch.device(device)
+        device = _device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(dist.local_rank)
@@ -75,9 +85,9 @@ def setup(device: torch.device | str = "cpu") -> DistInfo:
     return dist
 
 
-def device_for(name: str, dist: DistInfo) -> torch.device:
+def device_for(name: str | None, dist: DistInfo) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for CUDA runs, else the named device."""
-    dev = torch.device(name)
+    dev = _device(name)
     if dev.type == "cuda" and dist.distributed:
         return torch.device("cuda", dist.local_rank)
     return dev

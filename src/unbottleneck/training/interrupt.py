@@ -1,20 +1,26 @@
 """Ways training stops early: SIGINT / SIGTERM (cleanly, with a checkpoint) and divergence.
 
-:class:`GracefulInterrupt` turns the first SIGINT or SIGTERM into a flag that
-the training loop checks at safe points (between optimiser steps).  There the
-loop writes a checkpoint and raises :class:`TrainingInterrupted`, which the
-command line reports with the resume command and exit status ``128 + signal``.
-A second signal while the checkpoint is being written is not lost: it
-restores the default handler's behaviour by raising ``KeyboardInterrupt``.
+:class:`GracefulInterrupt` handles SIGINT and SIGTERM for a whole run.  Inside a
+training loop that has declared safe points (``with interrupt.deferring():``)
+the first signal only sets a flag; the loop calls :meth:`GracefulInterrupt.check`
+between optimiser steps, which writes a checkpoint and raises
+:class:`TrainingInterrupted` (the command line reports it with the resume
+command and exit status ``128 + signal``).  Anywhere else (data loading,
+evaluation, plotting) a signal raises :class:`TrainingInterrupted` at once, so
+no code path silently ignores SIGTERM.  A second signal while a checkpoint is
+being written raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+
+import torch
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -58,6 +64,7 @@ class GracefulInterrupt:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._deferring = 0
 
     @property
     def requested(self) -> bool:
@@ -67,6 +74,17 @@ class GracefulInterrupt:
         if self.signum is not None:  # second signal: give up on the clean stop
             raise KeyboardInterrupt
         self.signum = signum
+        if not self._deferring:  # no safe point ahead: stop here
+            raise TrainingInterrupted(signum, None)
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[GracefulInterrupt]:
+        """Within this block signals wait for the next :meth:`check` (a training loop's safe point)."""
+        self._deferring += 1
+        try:
+            yield self
+        finally:
+            self._deferring -= 1
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
@@ -79,7 +97,17 @@ class GracefulInterrupt:
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
 
-    def check(self, save: Callable[[], Path | None]) -> None:
-        """If a signal arrived: call ``save()`` (writes a checkpoint) and raise TrainingInterrupted."""
-        if self.signum is not None:
-            raise TrainingInterrupted(self.signum, save())
+    def check(self, save: Callable[[], Path | None], dist: object = None) -> None:
+        """If a signal arrived: call ``save()`` (writes a checkpoint) and raise TrainingInterrupted.
+
+        With a multi-process ``dist`` (:class:`~unbottleneck.training.distributed.DistInfo`) the
+        ranks agree first (one tiny all-reduce), so all of them stop after the same step instead
+        of one waiting forever in the next step's gradient all-reduce.
+        """
+        signum = self.signum
+        if getattr(dist, "distributed", False):
+            flag = torch.tensor([signum or 0], dtype=torch.int64)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag) or None
+        if signum is not None:
+            raise TrainingInterrupted(signum, save())
