@@ -5,6 +5,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import torch
 
 from unbottleneck.cli import main
 from unbottleneck.experiments.claims import CLAIMS
@@ -69,8 +70,19 @@ def test_reproduce_cli_errors(capsys, tmp_path):
 
 
 def test_plan_covers_every_claim():
-    planned = {s.experiment for s in PLAN}
-    assert {c.experiment for c in CLAIMS} <= planned
+    planned = {s.id for s in PLAN}
+    assert {step for c in CLAIMS for step in c.steps} <= planned
+    assert len(planned) == len(PLAN)  # step ids are unique
+
+
+def test_gpu_steps_are_skipped_with_their_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    summary = run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["lm-ptb-alstm"])
+    step = summary["experiments"]["lm-ptb-alstm"]
+    assert step["status"] == "skipped"
+    assert "needs a GPU" in step["detail"] and "unbottleneck run lm --set preset=ptb-alstm" in step["detail"]
+    by_id = {c["id"]: c for c in summary["claims"]}
+    assert by_id["alstm-ptb"]["verdict"] == "not run"
 
 
 def test_markdown_to_html_subset(tmp_path):

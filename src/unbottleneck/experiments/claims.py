@@ -1,10 +1,11 @@
 """The seeds' claims (``SPEC.md``) and how each is checked against measured results.
 
-Every :class:`Claim` names the experiment that measures it and a ``check``
-function that reads that experiment's ``metrics`` (``results.json``) and
-returns the measured value as text plus a verdict: ``True`` (met), ``False``
-(not met) or ``None`` (cannot be decided from this run).  The criterion used is
-stated next to each claim, so a reader can disagree with it.
+Every :class:`Claim` names the reproduction steps that measure it (see
+:data:`~unbottleneck.experiments.reproduce.PLAN`) and a ``check`` function that
+reads those steps' ``metrics`` (``results.json``), in order, and returns the
+measured value as text plus a verdict: ``True`` (met), ``False`` (not met) or
+``None`` (cannot be decided from this run).  The criterion used is stated next
+to each claim, so a reader can disagree with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-Check = Callable[[dict], tuple[str, bool | None]]
+Check = Callable[..., tuple[str, bool | None]]
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,12 @@ class Claim:
     area: str
     claim: str  # what the seed says
     criterion: str  # how we decide "met"
-    experiment: str
+    steps: tuple[str, ...]  # reproduction steps whose metrics ``check`` reads, in order
     check: Check
+
+    @property
+    def experiment(self) -> str:
+        return ", ".join(self.steps)
 
 
 def _mean(stats: Any) -> float:
@@ -165,46 +170,98 @@ def _check_multimodal_wide(m: dict) -> tuple[str, bool | None]:
             w["test_mse_median"] > a["test_mse_median"])
 
 
+# -- Adaptive LSTM -----------------------------------------------------------------------
+
+def _check_small_lm(alstm: dict, lstm: dict) -> tuple[str, bool | None]:
+    a, b = alstm["summary"], lstm["summary"]
+    if a.get("status") != "ok" or b.get("status") != "ok":
+        return f"runs did not finish (aLSTM {a.get('status')}, LSTM {b.get('status')})", None
+    return (f"after {a['epochs']} epoch(s): aLSTM ({a['params']:,} params) val ppl "
+            f"{a['best_val_ppl']:.1f} vs LSTM ({b['params']:,}) {b['best_val_ppl']:.1f}",
+            a["best_val_ppl"] < b["best_val_ppl"])
+
+
+def _check_full_lm(target_val: float, target_test: float) -> Check:
+    def check(m: dict) -> tuple[str, bool | None]:
+        s = m["summary"]
+        return (f"val {s['best_val_ppl']:.1f} / test {s['test_ppl']:.1f} after {s['epochs']} epochs",
+                s["best_val_ppl"] <= target_val + 1.0 and s["test_ppl"] <= target_test + 1.0)
+    return check
+
+
+def _check_robustness(m: dict) -> tuple[str, bool | None]:
+    s = m["summary"]
+    alstm = next((k for k in s if "alstm" in k), None)
+    lstm = next((k for k in s if "alstm" not in k and "lstm" in k), None)
+    if alstm is None or lstm is None:
+        return "needs an aLSTM and an LSTM model", None
+    a, b = s[alstm], s[lstm]
+
+    def failed(x: dict) -> float:
+        return (x["diverged"] + x["not_converged"]) / max(x["runs"], 1)
+
+    iqr_a = a["val_ppl_all_finite"]["q3"] - a["val_ppl_all_finite"]["q1"]
+    iqr_b = b["val_ppl_all_finite"]["q3"] - b["val_ppl_all_finite"]["q1"]
+    text = (f"{a['runs']} samples: aLSTM median {a['val_ppl_all_finite']['median']:.1f} (IQR {iqr_a:.1f}, "
+            f"{failed(a):.0%} failed) vs LSTM {b['val_ppl_all_finite']['median']:.1f} (IQR {iqr_b:.1f}, "
+            f"{failed(b):.0%} failed)")
+    if a["runs"] < 5:
+        return text + "; too few samples to decide", None
+    return text, failed(a) <= failed(b) and iqr_a <= iqr_b
+
+
 CLAIMS: list[Claim] = [
     Claim("iat-fit", "IAT", "IAT-ReLU trains better than ReLU on high-frequency function fitting "
           "(same architecture, optimiser, budget).",
           "best continuous-basis IAT has lower mean test MSE than ReLU on most targets",
-          "iat-fit", _check_fit),
+          ("iat-fit",), _check_fit),
     Claim("iat-memorize", "IAT", "Random-label memorisation: IAT-ReLU reaches about 90% training "
           "accuracy where ReLU stays lower.",
-          "best IAT final training accuracy >= 85% and above ReLU's", "iat-memorize", _check_memorize),
+          "best IAT final training accuracy >= 85% and above ReLU's", ("iat-memorize",), _check_memorize),
     Claim("iat-continuity", "IAT", "Continuous bases give a continuously varying activation pattern "
           "(jumps O(1/M)); rectangular ones jump (O(1)).",
           "continuous: max Jacobian jump shrinks at least ~1/M; rectangular: does not shrink",
-          "iat-points", _check_jumps),
+          ("iat-points",), _check_jumps),
     Claim("iat-points", "IAT", "Larger M: smoother learned functions, at a higher cost.",
           "continuous bases: fit roughness at the largest M <= at the smallest, and time per step "
-          "grows", "iat-points", _check_smoothness),
+          "grows", ("iat-points",), _check_smoothness),
     Claim("mnist-sigmoid", "Adaptive", "MNIST two-layer MLP with sigmoid: 95% test accuracy.",
-          "mean test accuracy >= 95%", "mnist-bottleneck", _mnist_acc("sigmoid", 0.95)),
+          "mean test accuracy >= 95%", ("mnist-bottleneck",), _mnist_acc("sigmoid", 0.95)),
     Claim("mnist-relu", "Adaptive", "Same MLP with ReLU: 97%.", "mean test accuracy >= 97%",
-          "mnist-bottleneck", _mnist_acc("relu", 0.97)),
+          ("mnist-bottleneck",), _mnist_acc("relu", 0.97)),
     Claim("mnist-sva", "Adaptive", "SVA layers (+ sigmoid): 97%.", "mean test accuracy >= 97%",
-          "mnist-bottleneck", _mnist_acc("sva-sigmoid", 0.97)),
+          ("mnist-bottleneck",), _mnist_acc("sva-sigmoid", 0.97)),
     Claim("mnist-sva-none", "Adaptive", "SVA layers without activation: about 98%.",
-          "mean test accuracy >= 97.5%", "mnist-bottleneck", _mnist_acc("sva-none", 0.975)),
+          "mean test accuracy >= 97.5%", ("mnist-bottleneck",), _mnist_acc("sva-none", 0.975)),
     Claim("mnist-preact", "Adaptive", "Sigmoid net pre-activations are centred at 0 with std about "
           "0.7-0.8.", "pooled hidden pre-activation std in [0.5, 1.0], |mean| <= 0.25",
-          "mnist-bottleneck", _check_preactivation),
+          ("mnist-bottleneck",), _check_preactivation),
     Claim("mnist-peak", "Adaptive", "Static activation effects are sharply peaked at 0, few values "
           "beyond 0.05.", "share of |effect| > 0.05 <= 10% for the sigmoid net",
-          "mnist-bottleneck", _check_static_peak),
+          ("mnist-bottleneck",), _check_static_peak),
     Claim("mnist-dispersion", "Adaptive", "SVA's adaptation effect is almost two orders of magnitude "
           "more dispersed than the static activation effect.", "std ratio >= 30 (10^1.5)",
-          "mnist-bottleneck", _check_dispersion),
+          ("mnist-bottleneck",), _check_dispersion),
     Claim("multimodal-sva", "Adaptive", "sin(10x) from a multi-modal input: the 2-unit static net "
           "fails, the 2-unit SVA net fits.",
           "sva-2 fits in more seeds than static-2 and has the lower median test MSE",
-          "multimodal", _check_multimodal),
+          ("multimodal",), _check_multimodal),
     Claim("multimodal-wide", "Adaptive", "The static baseline fails even with 10 hidden units.",
-          "static-10 median test MSE above sva-2's", "multimodal", _check_multimodal_wide),
+          "static-10 median test MSE above sva-2's", ("multimodal",), _check_multimodal_wide),
+    Claim("alstm-vs-lstm", "aLSTM", "At a similar parameter count the aLSTM reaches lower perplexity "
+          "than the LSTM (PTB: 58.7 vs 71.7 validation).",
+          "CPU-sized models at equal parameter count, one PTB epoch: aLSTM best val ppl < LSTM's",
+          ("lm-small-alstm", "lm-small-lstm"), _check_small_lm),
+    Claim("alstm-ptb", "aLSTM", "PTB, 17.2M-parameter aLSTM, 190 epochs: validation / test perplexity "
+          "58.7 / 56.5.", "within 1 point of both", ("lm-ptb-alstm",), _check_full_lm(58.7, 56.5)),
+    Claim("alstm-wt2", "aLSTM", "WikiText-2, 32.1M-parameter aLSTM, 187 epochs: 67.5 / 64.5.",
+          "within 1 point of both", ("lm-wt2-alstm",), _check_full_lm(67.5, 64.5)),
+    Claim("alstm-robust", "aLSTM", "Dropout rates sampled within ±0.1: the aLSTM's validation "
+          "perplexities are tight, the LSTM's fail to converge half the time with a heavy upper tail.",
+          "aLSTM failure share and IQR no larger than the LSTM's (at least 5 samples)",
+          ("lm-robustness",), _check_robustness),
 ]
 
 
-def claims_for(experiment: str) -> list[Claim]:
-    return [c for c in CLAIMS if c.experiment == experiment]
+def claims_for(step: str) -> list[Claim]:
+    return [c for c in CLAIMS if step in c.steps]

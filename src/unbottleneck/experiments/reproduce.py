@@ -26,22 +26,44 @@ from .runner import atomic_write_bytes, environment, get_experiment, run_experim
 
 @dataclass(frozen=True)
 class Step:
-    """One experiment of the reproduction, with the overrides used in each mode."""
+    """One run of the reproduction: an experiment with the overrides used in each mode.
+
+    ``name`` (default: the experiment's) names the output subfolder and is what claims
+    refer to.  A step with ``needs_cuda`` is skipped on machines without a GPU, with
+    the command that runs it in the report.
+    """
 
     experiment: str
     full: tuple[str, ...] = ()
     quick: tuple[str, ...] = ()
+    name: str = ""
+    needs_cuda: bool = False
     note: str = ""
 
+    @property
+    def id(self) -> str:
+        return self.name or self.experiment
 
+
+_SMALL_LM = ("epochs=1", "test_batch_size=10", "overwrite=true")
 #: What ``reproduce`` runs, in order.  Full mode uses each experiment's default
-#: config except where a CPU cannot afford it (noted).
+#: config except where a CPU cannot afford it (the language models: CPU-sized
+#: presets for one epoch; the paper's models only where CUDA is available).
 PLAN: list[Step] = [
     Step("iat-fit"),
     Step("iat-memorize"),
     Step("iat-points"),
     Step("multimodal"),
     Step("mnist-bottleneck"),
+    Step("lm", name="lm-small-alstm", full=("preset=ptb-small-alstm", *_SMALL_LM),
+         quick=("preset=ptb-small-alstm",)),
+    Step("lm", name="lm-small-lstm", full=("preset=ptb-small-lstm", *_SMALL_LM),
+         quick=("preset=ptb-small-lstm",)),
+    Step("lm-robustness"),
+    Step("lm", name="lm-ptb-alstm", full=("preset=ptb-alstm",), quick=("preset=ptb-alstm",),
+         needs_cuda=True, note="190 epochs of the 17.2M-parameter model"),
+    Step("lm", name="lm-wt2-alstm", full=("preset=wt2-alstm",), quick=("preset=wt2-alstm",),
+         needs_cuda=True, note="187 epochs of the 32.1M-parameter model"),
 ]
 
 
@@ -79,6 +101,16 @@ def _demote_headings(text: str) -> str:
     return re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.M)
 
 
+def _cuda_missing(step: Step) -> str | None:
+    import torch
+
+    if not step.needs_cuda or torch.cuda.is_available():
+        return None
+    sets = " ".join(f"--set {kv}" for kv in step.full)
+    return (f"needs a GPU ({step.note}); run it there with `unbottleneck run {step.experiment} {sets} "
+            f"--out runs/{step.id}`")
+
+
 def run_reproduce(
     quick: bool = False,
     out_dir: str | Path = "runs/reproduce",
@@ -101,32 +133,33 @@ def run_reproduce(
     out.mkdir(parents=True, exist_ok=True)
     plan = PLAN
     if only:
-        known = {s.experiment for s in PLAN}
+        known = {s.id for s in PLAN} | {s.experiment for s in PLAN}
         unknown = [n for n in only if n not in known]
         if unknown:
             raise KeyError(f"unknown experiment(s) {', '.join(map(repr, unknown))} in --only; "
-                           f"the plan has: {', '.join(s.experiment for s in PLAN)}")
-        plan = [s for s in PLAN if s.experiment in only]
+                           f"the plan has: {', '.join(s.id for s in PLAN)}")
+        plan = [s for s in PLAN if s.id in only or s.experiment in only]
     overrides = overrides or {}
     start = time.time()
     outcomes: list[Outcome] = []
     for step in plan:
-        missing = _missing_data(step.experiment, data_dir)
+        missing = _cuda_missing(step) or _missing_data(step.experiment, data_dir)
         if missing:
             outcomes.append(Outcome(step, "skipped", missing))
             continue
-        sets = list(step.quick if quick else step.full) + list(overrides.get(step.experiment, ()))
+        sets = (list(step.quick if quick else step.full)
+                + list(overrides.get(step.id, overrides.get(step.experiment, ()))))
         t0 = time.time()
         try:
             results = run_experiment(step.experiment, quick=quick, overrides=sets,
-                                     out_dir=out / step.experiment, data_dir=data_dir, progress=progress,
-                                     command=command + f"  [{step.experiment}]")
+                                     out_dir=out / step.id, data_dir=data_dir, progress=progress,
+                                     command=command + f"  [{step.id}]")
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one failing experiment must not hide the others' results
             detail = f"{type(exc).__name__}: {exc}"
-            (out / step.experiment).mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(out / step.experiment / "error.txt", traceback.format_exc().encode())
+            (out / step.id).mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out / step.id / "error.txt", traceback.format_exc().encode())
             outcomes.append(Outcome(step, "failed", detail, seconds=time.time() - t0))
             continue
         outcomes.append(Outcome(step, "ok", results=results, seconds=time.time() - t0))
@@ -137,8 +170,9 @@ def run_reproduce(
         "command": command,
         "environment": environment(),
         "wall_time_s": round(time.time() - start, 1),
-        "experiments": {o.step.experiment: {"status": o.status, "detail": o.detail,
-                                            "seconds": round(o.seconds, 1)} for o in outcomes},
+        "experiments": {o.step.id: {"experiment": o.step.experiment, "status": o.status,
+                                    "detail": o.detail, "seconds": round(o.seconds, 1)}
+                        for o in outcomes},
         "claims": verdicts,
     }
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -150,17 +184,19 @@ def run_reproduce(
 
 
 def _verdicts(outcomes: list[Outcome]) -> list[dict[str, Any]]:
-    by_name = {o.step.experiment: o for o in outcomes}
+    by_name = {o.step.id: o for o in outcomes}
     rows = []
     for claim in CLAIMS:
-        o = by_name.get(claim.experiment)
-        if o is None:
-            measured, verdict = "not in this run", "not run"
-        elif o.status != "ok":
-            measured, verdict = f"{o.status}: {o.detail}", "not run"
+        found = [by_name.get(s) for s in claim.steps]
+        missing = [s for s, o in zip(claim.steps, found, strict=True) if o is None]
+        failed = [o for o in found if o is not None and o.status != "ok"]
+        if missing:
+            measured, verdict = f"not in this run ({', '.join(missing)})", "not run"
+        elif failed:
+            measured, verdict = "; ".join(f"{o.step.id} {o.status}: {o.detail}" for o in failed), "not run"
         else:
             try:
-                text, ok = claim.check(o.results["metrics"])
+                text, ok = claim.check(*(o.results["metrics"] for o in found))
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
                 text, ok = f"cannot evaluate ({type(exc).__name__}: {exc})", None
             measured = text
@@ -202,17 +238,17 @@ def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: P
     lines += ["", "## Experiments", "",
               "| experiment | status | time (s) | details |", "|---|---|---|---|"]
     for o in outcomes:
-        detail = o.detail or f"[report]({o.step.experiment}/report.md)"
-        lines.append(f"| {o.step.experiment} | {o.status} | {o.seconds:.0f} | {_cell(detail)} |")
+        detail = o.detail or f"[report]({o.step.id}/report.md)"
+        lines.append(f"| {o.step.id} | {o.status} | {o.seconds:.0f} | {_cell(detail)} |")
     lines.append("")
     for o in outcomes:
         if o.status != "ok":
-            lines += [f"## {o.step.experiment}: {o.status}", "", o.detail, ""]
+            lines += [f"## {o.step.id}: {o.status}", "", o.detail, ""]
             continue
-        report = out / o.step.experiment / "report.md"
+        report = out / o.step.id / "report.md"
         text = report.read_text() if report.is_file() else "(no report written)"
-        own = claims_for(o.step.experiment)
-        lines += [_demote_headings(_relink_images(text, o.step.experiment)).rstrip(), ""]
+        own = claims_for(o.step.id)
+        lines += [_demote_headings(_relink_images(text, o.step.id)).rstrip(), ""]
         if own:
             lines += ["Claims checked here: " + ", ".join(c.id for c in own) + ".", ""]
     return "\n".join(lines) + "\n"
