@@ -20,8 +20,16 @@ Our choices where the seed is silent (all in the config): the starter MLP's
 layer sizes (128, 32); pixels in [0, 1]; static layers initialised as the
 starter code does (truncated normal, std 1/sqrt(fan_in), zero bias), adaptive
 ones with the reference init (orthogonal, zero bias); Adam (lr 1e-3, batch 100)
-for a fixed number of epochs on all 60,000 training images; accuracy on the
-10,000 test images after the last epoch.
+for a fixed number of epochs on all 60,000 training images (``optimizer=sgd`` for
+plain SGD); accuracy on the 10,000 test images after the last epoch.
+
+What we measured (see the closing notes / reproduce report): the accuracies match
+or beat the seed's, but after training to those accuracies the pre-activations are
+much wider than the seed's 0.7-0.8 (sigmoid net: std about 5 with Adam, about 2.5
+with SGD lr 0.5), so the static sigmoid is far from its linear regime here.  Narrow
+pre-activations and peaked effects appear with small steps and wide layers (e.g.
+``--set hidden=500 --set optimizer=sgd --set lr=0.1``: std 0.73, 6% of effects
+beyond 0.05), at about 92% accuracy.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ class MNISTBottleneckConfig:
     hidden: tuple[int, ...] = (128, 32)
     epochs: int = 10
     batch_size: int = 100
+    optimizer: str = "adam"  # "adam" or "sgd" (plain SGD, as in the TensorFlow starter code)
     lr: float = 1e-3
     seeds: int = 3
     n_train: int = 60000  # first n training images (all by default)
@@ -89,6 +98,8 @@ class MNISTBottleneckConfig:
             raise ValueError("sva_rank must be >= 0 (0 = full rank)")
         if not self.lr > 0:
             raise ValueError("lr must be > 0")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
 
 
 class MNISTNet(nn.Module):
@@ -178,7 +189,8 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
     dev = distributed.device_for(cfg.device, dist)
     seed_everything(cfg.seed * 1000 + seed)
     model = MNISTNet(variant, cfg).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = (torch.optim.Adam(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adam"
+           else torch.optim.SGD(model.parameters(), lr=cfg.lr))
     order = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
     curve: list[dict] = []
     epoch, next_batch, running, elapsed = 0, 0, 0.0, 0.0
@@ -384,7 +396,8 @@ def run(cfg: MNISTBottleneckConfig, ctx: RunContext) -> dict:
         f"Command: `{ctx.command}`" if ctx.command else "",
         "",
         f"MLP 784 -> {' -> '.join(map(str, cfg.hidden))} -> 10; static layers `nn.Linear` (starter init), "
-        f"adaptive layers `AdaptiveLinear` ({cfg.policy_net} policy, reference init).  Adam lr {cfg.lr}, "
+        f"adaptive layers `AdaptiveLinear` ({cfg.policy_net} policy, reference init).  "
+        f"{'Adam' if cfg.optimizer == 'adam' else 'SGD'} lr {cfg.lr}, "
         f"batch {cfg.batch_size}, {cfg.epochs} epochs on {cfg.n_train} training images, {cfg.seeds} "
         f"seed(s); test accuracy on 10,000 test images (mean ± std).  Diagnostics on "
         f"{cfg.diag_samples} test images, hidden layers pooled: *activation* effect "
