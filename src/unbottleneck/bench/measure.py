@@ -25,10 +25,13 @@ Memory, two measures (each deterministic for a given graph):
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,12 +143,30 @@ def saved_bytes(fn: Callable[[], Any], existing: Iterable[torch.Tensor] = ()) ->
     return sum(seen.values())
 
 
+@contextlib.contextmanager
+def _quiet_profiler() -> Iterator[None]:
+    """Silence the profiler backend's ``USDT: profiler_start/stop`` lines on file descriptor 2.
+
+    They are written by C++ code straight to the descriptor, past ``sys.stderr``; the
+    benchmark tables are printed to stdout, which is left alone.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _profiler_peak(fn: Callable[[], Any]) -> int | None:
     """Peak of the live-bytes running total during ``fn`` from profiler allocation events."""
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         tree = prof.profiler.kineto_results.experimental_event_tree()
     except Exception:  # the profiler is optional and its event tree API is experimental
@@ -239,7 +260,7 @@ def profile_top(fn: Callable[[], Any], calls: int = 3, top: int = 6) -> list[tup
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(calls):
                 fn()
         events = prof.key_averages()
