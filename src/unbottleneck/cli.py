@@ -162,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show_config:
         for f in dataclasses.fields(cfg):
             print(f"{f.name} = {getattr(cfg, f.name)!r}")
+        resolve = getattr(cfg, "resolve", None)
+        if callable(resolve):  # configs built from presets: show what the run will use
+            resolved = resolve()
+            print(f"# resolved ({type(resolved).__name__}):")
+            for f in dataclasses.fields(resolved):
+                print(f"{f.name} = {getattr(resolved, f.name)!r}")
         return 0
     if not _set_threads(args.threads):
         return 2
