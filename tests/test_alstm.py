@@ -267,6 +267,83 @@ def test_gradcheck(impl):
     )
 
 
+# -- recycled buffers (fused path) -------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_pool(monkeypatch):
+    pool = fused_mod._BufferPool()
+    monkeypatch.setattr(fused_mod, "_POOL", pool)
+    return pool
+
+
+def test_buffer_pool_no_stale_reads_no_aliasing(fresh_pool):
+    """Recycled blocks are filled with NaN before reuse: results must not change (no
+    read before write), two graphs alive at once must not share a block, and nothing
+    returned (outputs, states, gradients) may be overwritten by later calls."""
+    m = make(L=2, implementation="fused", dropout_hidden=0.2, dropout_adapt=0.2).train()
+    masks = m.sample_masks(3)
+    params = list(m.parameters())
+    xs = [torch.randn(7, 3, 5, dtype=F64, requires_grad=True) for _ in range(2)]
+    states = [random_state(m, 3), random_state(m, 3)]
+
+    def grads_of(out, new, x, state):
+        return torch.autograd.grad(loss_of(out, new), [x, *flat(state), *params])
+
+    expected = [run_grads(m, "reference", x, s, masks) for x, s in zip(xs, states, strict=True)]
+    m.implementation = "fused"
+    for _ in range(3):
+        for block in fresh_pool.free_blocks():
+            block.fill_(float("nan"))
+        runs = [m(x, s, masks=masks) for x, s in zip(xs, states, strict=True)]  # both alive
+        grads = [grads_of(*r, x, s) for r, x, s in zip(runs[::-1], xs[::-1], states[::-1],
+                                                         strict=True)][::-1]
+        outs = [(r[0].clone(), [t.clone() for t in flat(r[1])]) for r in runs]
+        kept = [[g.clone() for g in gs] for gs in grads]
+        m(xs[0], states[0], masks=masks)[0].sum().backward()  # more calls reuse the blocks
+        for (out, new), (o_ref, s_ref, g_ref), gs, (o_snap, s_snap), k in zip(
+                runs, expected, grads, outs, kept, strict=True):
+            torch.testing.assert_close(out, o_ref, rtol=1e-10, atol=1e-12)
+            assert_close_all(flat(new), flat(s_ref), rtol=1e-10, atol=1e-12)
+            assert_close_all(list(gs), g_ref, rtol=1e-10, atol=1e-12)
+            assert_close_all([out, *flat(new), *gs], [o_snap, *s_snap, *k], rtol=0, atol=0)
+        del runs, grads
+    assert len(fresh_pool.free_blocks()) >= 2  # forward and backward blocks came back
+
+
+def test_buffer_pool_lifecycle(fresh_pool, monkeypatch):
+    m = make(L=2, implementation="fused").train()
+    x = torch.randn(6, 2, 5, dtype=F64, requires_grad=True)
+    out, state = m(x)
+    assert fresh_pool.free_blocks() == []  # the forward block is held by the graph
+    out.sum().backward()
+    assert len(fresh_pool.free_blocks()) == 1  # the backward's scratch is back, the graph still alive
+    del out, state
+    assert len(fresh_pool.free_blocks()) == 2  # the graph is freed: so is its forward block
+    cached = {b.data_ptr() for b in fresh_pool.free_blocks()}
+    out, state = m(x[:5])  # a shorter sequence fits a recycled block
+    assert len(fresh_pool.free_blocks()) == 1 and fresh_pool.free_blocks()[0].data_ptr() in cached
+    del out, state
+    assert len(fresh_pool.free_blocks()) == 2
+    with torch.no_grad():
+        m(x)  # no graph: the block comes back at once
+    assert {b.data_ptr() for b in fresh_pool.free_blocks()} == cached
+    with fresh_pool._lock:  # as a GC finalizer running inside take() would: must not block
+        fresh_pool.give(torch.empty(10, dtype=F64))
+    assert any(b.numel() == 10 for b in fresh_pool.free_blocks())
+    fused_mod.clear_buffer_cache()
+    assert fresh_pool.free_blocks() == [] and fresh_pool.cached_bytes() == 0
+    monkeypatch.setattr(fused_mod, "CACHE_BUFFERS", False)
+    m(x)[0].sum().backward()
+    assert fresh_pool.free_blocks() == []
+    # .grad accumulation of the (transposed-view) weight gradients
+    m.zero_grad()
+    m(x)[0].sum().backward()
+    first = [p.grad.clone() for p in m.parameters()]
+    m(x)[0].sum().backward()
+    assert_close_all([p.grad for p in m.parameters()], [2 * g for g in first])
+
+
 # -- state handling ----------------------------------------------------------------------
 
 

@@ -32,7 +32,10 @@ Two implementations of the same map (``implementation=``):
   backward (weight gradients as one GEMM over all steps).  ``"auto"`` uses it,
   except while ``torch.compile`` traces (it falls back to the reference there).
   It reads the cells' parameters directly, so forward hooks on the ``adapt`` /
-  ``policy`` submodules only fire on the reference path.
+  ``policy`` submodules only fire on the reference path.  On CPU it recycles its
+  large per-call buffers (activations saved for backward, backward scratch) between
+  calls instead of re-allocating them; ``alstm_fused.clear_buffer_cache()`` releases
+  them and ``alstm_fused.CACHE_BUFFERS = False`` turns recycling off.
 
 Initialisation (see :meth:`ALSTMCell.reset_parameters`, options
 ``weight_init=`` and ``policy_init=``):
