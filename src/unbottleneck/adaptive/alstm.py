@@ -65,6 +65,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .._validate import choice, positive_int, probability
+
 IMPLEMENTATIONS = ("auto", "fused", "reference")
 WEIGHT_INITS = ("orthogonal_per_gate", "orthogonal")
 POLICY_INITS = ("lstm", "zero_mean", "torch")
@@ -107,24 +109,6 @@ class ALSTMMasks(NamedTuple):
     z: tuple[Tensor | None, ...]
 
 
-def _check_size(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_rate(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-    return value
-
-
 class ALSTMCell(nn.Module):
     """One aLSTM layer for one time step.
 
@@ -154,11 +138,11 @@ class ALSTMCell(nn.Module):
         policy_init: str = "lstm",
     ) -> None:
         super().__init__()
-        n = _check_size("input_size", input_size)
-        H = _check_size("hidden_size", hidden_size)
-        K = _check_size("adapt_size", adapt_size)
-        self.weight_init = _check_choice("weight_init", weight_init, WEIGHT_INITS)
-        self.policy_init = _check_choice("policy_init", policy_init, POLICY_INITS)
+        n = positive_int("input_size", input_size)
+        H = positive_int("hidden_size", hidden_size)
+        K = positive_int("adapt_size", adapt_size)
+        self.weight_init = choice("weight_init", weight_init, WEIGHT_INITS)
+        self.policy_init = choice("policy_init", policy_init, POLICY_INITS)
         factory = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.adapt_size = n, H, K
         self.adapt = nn.LSTMCell(n + H + K, K, **factory)
@@ -202,7 +186,7 @@ class ALSTMCell(nn.Module):
 
     def init_state(self, batch_size: int | None = None) -> ALSTMCellState:
         """Zero state, (B, size) per field ((size,) if ``batch_size`` is None)."""
-        lead = () if batch_size is None else (_check_size("batch_size", batch_size),)
+        lead = () if batch_size is None else (positive_int("batch_size", batch_size),)
         p = self.weight_ih
         H, K = self.hidden_size, self.adapt_size
         z = [torch.zeros(*lead, s, device=p.device, dtype=p.dtype) for s in (H, H, K, K)]
@@ -316,19 +300,19 @@ class ALSTM(nn.Module):
         policy_init: str = "lstm",
     ) -> None:
         super().__init__()
-        n = _check_size("input_size", input_size)
-        H = _check_size("hidden_size", hidden_size)
-        K = _check_size("adapt_size", adapt_size)
-        L = _check_size("num_layers", num_layers)
-        out = H if output_size is None else _check_size("output_size", output_size)
+        n = positive_int("input_size", input_size)
+        H = positive_int("hidden_size", hidden_size)
+        K = positive_int("adapt_size", adapt_size)
+        L = positive_int("num_layers", num_layers)
+        out = H if output_size is None else positive_int("output_size", output_size)
         self.input_size, self.hidden_size, self.adapt_size = n, H, K
         self.num_layers, self.output_size = L, out
-        self.dropout_hidden = _check_rate("dropout_hidden", dropout_hidden)
-        self.dropout_adapt = _check_rate("dropout_adapt", dropout_adapt)
+        self.dropout_hidden = probability("dropout_hidden", dropout_hidden)
+        self.dropout_adapt = probability("dropout_adapt", dropout_adapt)
         if not isinstance(batch_first, bool):
             raise TypeError(f"batch_first must be a bool, got {batch_first!r}")
         self.batch_first = batch_first
-        self.implementation = _check_choice("implementation", implementation, IMPLEMENTATIONS)
+        self.implementation = choice("implementation", implementation, IMPLEMENTATIONS)
         hidden = [H] * (L - 1) + [out]
         inputs = [n] + hidden[:-1]
         self.layers = nn.ModuleList(

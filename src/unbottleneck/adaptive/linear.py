@@ -25,16 +25,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validate import positive_int
 from .policy import build_policy
 
 POLICIES = ("output", "input", "io", "sva")
 INITS = ("orthogonal", "torch")
-
-
-def _check_features(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class AdaptiveLinear(nn.Module):
@@ -79,8 +74,8 @@ class AdaptiveLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        n = _check_features("in_features", in_features)
-        m = _check_features("out_features", out_features)
+        n = positive_int("in_features", in_features)
+        m = positive_int("out_features", out_features)
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if init not in INITS:
@@ -89,13 +84,13 @@ class AdaptiveLinear(nn.Module):
             raise ValueError(f"rank is only used by policy='sva', got rank={rank!r} with {policy!r}")
         if adapt_bias and not bias:
             raise ValueError("adapt_bias=True needs bias=True")
-        c = n if context_features is None else _check_features("context_features", context_features)
+        c = n if context_features is None else positive_int("context_features", context_features)
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.context_features = n, m, c
         self.policy, self.adapt_bias, self.init = policy, adapt_bias, init
 
         if policy == "sva":
-            k = min(n, m) if rank is None else _check_features("rank", rank)
+            k = min(n, m) if rank is None else positive_int("rank", rank)
             self.rank = k
             self.weight_in = nn.Parameter(torch.empty(k, n, **factory))  # W1
             self.weight_out = nn.Parameter(torch.empty(m, k, **factory))  # W2

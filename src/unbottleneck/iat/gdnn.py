@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import positive_int
 from .analysis import iat_gain
 from .module import IAT
 
@@ -55,8 +56,7 @@ class GDNN(nn.Module):
         super().__init__()
         for name, value in (("in_features", in_features), ("hidden_features", hidden_features),
                             ("out_features", out_features), ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, value)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         if "out_features" in iat_kwargs:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validate import positive_int
 from .dropout import LockedDropout, WeightDropLSTM, check_rate
 
 __all__ = ["LSTMStack"]
@@ -48,8 +49,7 @@ class LSTMStack(nn.Module):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, value)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers

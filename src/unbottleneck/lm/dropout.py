@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .._validate import probability
+
 __all__ = ["LockedDropout", "WeightDropLSTM", "check_rate", "embedding_dropout"]
 
 
 def check_rate(name: str, p: float) -> float:
     """Validate a dropout probability in [0, 1); return it as float."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
-    return float(p)
+    return probability(name, p)
 
 
 def embedding_dropout(weight: torch.Tensor, tokens: torch.Tensor, p: float,

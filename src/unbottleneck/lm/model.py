@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .._validate import positive_int
 from .awd import LSTMStack
 from .dropout import LockedDropout, check_rate, embedding_dropout
 
@@ -91,12 +92,6 @@ def alstm_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def layer_sizes(embedding_size: int, hidden_size: int, num_layers: int, output_size: int
@@ -194,10 +189,10 @@ class RNNLanguageModel(nn.Module):
         for name, value in (("vocab_size", vocab_size), ("embedding_size", embedding_size),
                             ("hidden_size", hidden_size), ("num_layers", num_layers),
                             ("adapt_size", adapt_size)):
-            _positive(name, value)
+            positive_int(name, value)
         if output_size is None:
             output_size = embedding_size if tie_weights else hidden_size
-        _positive("output_size", output_size)
+        positive_int("output_size", output_size)
         if tie_weights and output_size != embedding_size:
             raise ValueError(
                 f"tie_weights needs the last layer width (output_size={output_size}) to equal "
