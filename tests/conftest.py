@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -24,3 +25,14 @@ def shared_data() -> Path:
     if not (root / "mnist").is_dir():
         pytest.skip(f"offline datasets not found at {root}")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Run single-threaded (modules with tiny tensors use it for every test): on a busy
+    2-core machine a multi-threaded BLAS call can wait a scheduler time slice (~20 ms)
+    per matmul, and tiny models are fastest and timing-stable on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

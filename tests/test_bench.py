@@ -21,12 +21,7 @@ from unbottleneck.cli import main
 ROW_KEYS = {"case", "metric", "value", "spread", "baseline", "baseline_value", "ratio"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 # --------------------------------------------------------------------------------------

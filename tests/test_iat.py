@@ -38,14 +38,7 @@ DT = torch.float64
 Q_MODES = ("dual", "same", "normalized")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run single-threaded: the tensors here are tiny, and on a busy 2-core machine a
-    multi-threaded BLAS call can wait a scheduler time slice (~20 ms) per matmul."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def gen(seed: int) -> torch.Generator:

@@ -21,13 +21,7 @@ from unbottleneck.iat import (
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: stay single-threaded (see tests/test_iat.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:

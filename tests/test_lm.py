@@ -41,13 +41,7 @@ needs_alstm = pytest.mark.skipif(not alstm_available(),
 CORES = ["lstm", "awd-lstm"] + (["alstm"] if alstm_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models are fastest (and timing-stable on a shared machine) on one thread.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def toy_corpus(seed: int = 0, n_words: int = 20) -> Corpus:
