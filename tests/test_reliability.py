@@ -39,7 +39,8 @@ def _env():
 
 
 @pytest.fixture
-def one_thread():
+def restore_threads():
+    """The runs set torch's thread count (``--threads``): put it back afterwards."""
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -79,7 +80,7 @@ def uninterrupted(tmp_path_factory, shared_data):
     return out
 
 
-def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tmp_path, uninterrupted, one_thread):
+def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tmp_path, uninterrupted, restore_threads):
     out = tmp_path / "run"
     code, err = _start_and_signal(out, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, err
@@ -92,7 +93,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tmp_path, uninterru
     assert _curves(out) == _curves(uninterrupted)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, one_thread):
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, restore_threads):
     out = tmp_path / "run"
     code, _ = _start_and_signal(out, signal.SIGKILL)
     assert code == -signal.SIGKILL
@@ -105,7 +106,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, one_t
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shared_data, monkeypatch, capsys,
-                                                           one_thread):
+                                                           restore_threads):
     from unbottleneck.experiments import mnist_bottleneck as mb
 
     real = mb.F.cross_entropy
@@ -126,7 +127,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shared_data
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
-def test_resume_refuses_a_different_config_or_no_run(tmp_path, shared_data, capsys, one_thread):
+def test_resume_refuses_a_different_config_or_no_run(tmp_path, shared_data, capsys, restore_threads):
     assert main(_args(tmp_path / "none", "--resume")) == 2
     assert "nothing to resume" in capsys.readouterr().err
     out = tmp_path / "run"
@@ -205,7 +206,7 @@ def _lm_history(out):
     return [(r["epoch"], r["train_loss"], r["val_loss"]) for r in rows]
 
 
-def test_lm_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shared_data, one_thread):
+def test_lm_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shared_data, restore_threads):
     full = tmp_path / "full"
     assert main(_lm_args(full)) == 0
     out = tmp_path / "cut"
