@@ -495,14 +495,9 @@ class _ALSTMFunction(torch.autograd.Function):
     def backward(ctx, dout: Tensor, *dfinal: Tensor) -> tuple[Tensor | None, ...]:
         cfg, layers = ctx.cfg, ctx.saved.layers
         ctx.saved_tensors  # noqa: B018 -- raises if a parameter was modified in place
-        L, K = len(cfg.sizes), cfg.adapt_size
+        K, fix = cfg.adapt_size, cfg.fix_policy
         T, B = ctx.shape
-        TB = T * B
-        fix = cfg.fix_policy
         opts = {"device": dout.device, "dtype": dout.dtype}
-        mh, mz = cfg.masks.h, cfg.masks.z
-        first = layers[0]
-        n0 = first.n
 
         # scratch (nothing returned is a view of it; ctx.saved stays intact, so backward
         # may run again with retain_graph=True): per layer DA (adaptation pre-activation
@@ -514,17 +509,26 @@ class _ALSTMFunction(torch.autograd.Function):
             shapes += [(T, B, 4 * K), (T, B, 1 if fix else 3, 4 * ly.H),
                        (T, B, 1 if fix else ly.Pn), (T, B, 4 * ly.H), (T, B, ly.H),
                        (T, B, 4 * K), (T, B, K)]
-        shapes += [(T, B, n0)] + [(B, ly.Pn) for ly in layers] + [(B, 4 * ly.H) for ly in layers]
+        shapes += [(T, B, layers[0].n)] + [(B, ly.Pn) for ly in layers]
+        shapes += [(B, 4 * ly.H) for ly in layers]
         block, views = _carve(shapes, opts)
         try:
-            return _backward(ctx, cfg, layers, views, dout, dfinal, L, K, T, B, TB, fix, mh, mz, n0)
+            return _backward(ctx, views, dout, dfinal)
         finally:
             del views
             _POOL.give(block)
 
 
-def _backward(ctx, cfg, layers, views, dout, dfinal, L, K, T, B, TB, fix, mh, mz, n0):
-    """Body of :meth:`_ALSTMFunction.backward` (split out so the scratch is always returned)."""
+def _backward(ctx, views: list[Tensor], dout: Tensor,
+              dfinal: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+    """Body of :meth:`_ALSTMFunction.backward` (split out so the scratch is always
+    returned); ``views`` is the scratch carved there, in its order."""
+    cfg, layers = ctx.cfg, ctx.saved.layers
+    L, K, fix = len(layers), cfg.adapt_size, cfg.fix_policy
+    T, B = ctx.shape
+    TB = T * B
+    mh, mz = cfg.masks.h, cfg.masks.z
+    n0 = layers[0].n
     DA, DG, DQ, cell_g, adapt_g = [], [], [], [], []
     for j, ly in enumerate(layers):
         da, dg, dq, g, dtc, ga, dtca = views[7 * j:7 * j + 7]
