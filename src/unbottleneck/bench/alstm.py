@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..adaptive.alstm import ALSTM
-from .measure import Stats, make_row, ratio_stats, time_interleaved
+from .measure import Stats, make_row, profile_events, ratio_stats, time_interleaved
 
 
 class _TinyLM(nn.Module):
@@ -129,6 +129,7 @@ def run(quick: bool = False, repeats: int = 5, progress: bool = True) -> dict:
         if "target" in row:
             row["meets"] = row["ratio"] >= float(row["target"].split()[-1])
 
+    lstm_macs = sum(m.weight_ih_l0.numel() + m.weight_hh_l0.numel() for m in lstms)
     notes = [
         "train tokens/s = batch * BPTT / (seconds of one forward + backward w.r.t. the input "
         "and all parameters; no optimizer step). Ratios are throughput ratios (higher is "
@@ -137,7 +138,8 @@ def run(quick: bool = False, repeats: int = 5, progress: bool = True) -> dict:
         f"{warmup} warm-up call(s); aLSTM in training mode with dropout_hidden 0.25, "
         "dropout_adapt 0.1 (nn.LSTM without dropout).",
         "Work per token: the aLSTM's per-step products (W, V, Pi, adaptation model: "
-        f"{_macs(alstm):,} multiply-adds per token) are ~1.4x nn.LSTM's, and all of them "
+        f"{_macs(alstm):,} multiply-adds per token) are {_macs(alstm) / lstm_macs:.2f}x "
+        "nn.LSTM's, and all of them "
         "depend on the step's policy, so none can be hoisted out of the time loop the way "
         "nn.LSTM hoists its input products.",
     ]
@@ -187,10 +189,6 @@ def _profile_note(alstm: ALSTM, lstms: list[nn.LSTM], x: torch.Tensor, lstm_s: f
     GEMMs gives their achieved GFLOP/s; ``lstm_s`` (seconds per nn.LSTM call, from
     the timing above) gives nn.LSTM's overall rate.
     """
-    from torch.profiler import ProfilerActivity, profile
-
-    from .measure import _quiet_profiler
-
     alstm.implementation = "fused"
     T, B = x.shape[0], x.shape[1]
     tokens = T * B
@@ -203,12 +201,7 @@ def _profile_note(alstm: ALSTM, lstms: list[nn.LSTM], x: torch.Tensor, lstm_s: f
     end = time.perf_counter()
     del out
     fwd, bwd = mid - start, end - mid
-    try:
-        with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            torch.autograd.grad(alstm(x)[0].sum(), wrt)
-        events = prof.key_averages(group_by_input_shape=True)
-    except Exception:  # optional diagnostics
-        events = []
+    events = profile_events(lambda: torch.autograd.grad(alstm(x)[0].sum(), wrt), by_shape=True)
     t_step = t_all = profiled = 0.0
     ops: dict[str, float] = {}
     for e in events:

@@ -251,21 +251,28 @@ def make_row(
     return row
 
 
+def profile_events(fn: Callable[[], Any], calls: int = 1, by_shape: bool = False) -> list:
+    """CPU profiler events of ``calls`` runs of ``fn``, averaged per operator (and per input
+    shape when ``by_shape``); an empty list if the profiler is unavailable."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU],
+                                        record_shapes=by_shape) as prof:
+            for _ in range(calls):
+                fn()
+        return list(prof.key_averages(group_by_input_shape=by_shape))
+    except Exception:  # optional diagnostics
+        return []
+
+
 def profile_top(fn: Callable[[], Any], calls: int = 3, top: int = 6) -> list[tuple[str, float, int]]:
     """The ``top`` operators by self CPU time over ``calls`` runs of ``fn``.
 
     Returns ``(name, milliseconds per run, calls per run)`` tuples, largest first; an
     empty list if the profiler is unavailable.  Used to explain missed targets.
     """
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(calls):
-                fn()
-        events = prof.key_averages()
-    except Exception:  # optional diagnostics
-        return []
+    events = profile_events(fn, calls)
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     return [(e.key, e.self_cpu_time_total / 1000.0 / calls, round(e.count / calls)) for e in rows]
 
