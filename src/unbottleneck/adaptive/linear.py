@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validate import positive_int
+from .._validate import choice, positive_int
 from .policy import build_policy
 
 POLICIES = ("output", "input", "io", "sva")
@@ -76,10 +76,8 @@ class AdaptiveLinear(nn.Module):
         super().__init__()
         n = positive_int("in_features", in_features)
         m = positive_int("out_features", out_features)
-        if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        choice("policy", policy, POLICIES)
+        choice("init", init, INITS)
         if rank is not None and policy != "sva":
             raise ValueError(f"rank is only used by policy='sva', got rank={rank!r} with {policy!r}")
         if adapt_bias and not bias:
@@ -199,7 +197,7 @@ class AdaptiveLinear(nn.Module):
             w = w * pi["in"].unsqueeze(-2)
         if "out" in pi:
             w = w * pi["out"].unsqueeze(-1)
-        return w.expand(*pi[next(iter(pi))].shape[:-1], *w.shape[-2:]) if w.dim() == 2 else w
+        return w  # (..., m, n): the policies' leading dims broadcast in
 
     def extra_repr(self) -> str:
         rank = f", rank={self.rank}" if self.rank is not None else ""

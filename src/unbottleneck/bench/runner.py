@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._validate import positive_int
 from ..experiments.runner import _jsonable, atomic_write_bytes, environment
 
 
@@ -150,8 +151,7 @@ def run_benchmarks(
     Returns:
         the JSON document as a dict.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    positive_int("repeats", repeats)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")

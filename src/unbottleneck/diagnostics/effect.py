@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .._validate import choice
+
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 KINK_MODES = ("mean", "autograd")
@@ -76,8 +78,7 @@ def linearize(phi: Activation, kink: str = "mean", h: float = 1e-6, tol: float =
     Returns:
         :class:`Linearization` with ``slope``, ``intercept = phi(0)`` and ``kink``.
     """
-    if kink not in KINK_MODES:
-        raise ValueError(f"unknown kink mode {kink!r}; choose one of {', '.join(KINK_MODES)}")
+    choice("kink mode", kink, KINK_MODES)
     with torch.no_grad():
         zero = torch.zeros(1, dtype=torch.float64)
         phi0 = phi(zero.clone())
@@ -114,7 +115,7 @@ def summarize(values: torch.Tensor, threshold: float = 0.05,
     if not torch.isfinite(v).all():
         raise ValueError("the sample contains NaN or inf values")
     q = torch.tensor(list(quantiles), dtype=torch.float64)
-    qv = torch.quantile(v, q) if v.numel() <= 16_000_000 else torch.quantile(v[:16_000_000], q)
+    qv = torch.quantile(v[:16_000_000], q)  # torch.quantile's input size limit
     out = {
         "n": int(v.numel()),
         "mean": float(v.mean()),

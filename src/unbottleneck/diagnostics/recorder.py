@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import choice, positive_int
 from ..adaptive import AdaptiveLinear
-from .effect import Linearization, linearize, summarize
+from .effect import KINK_MODES, Linearization, linearize, summarize
 
 #: Element-wise activation modules recorded by default.
 DEFAULT_ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -114,8 +115,7 @@ class BottleneckRecorder:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"BottleneckRecorder expects an nn.Module, got {type(model).__name__}")
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+        positive_int("max_samples", max_samples)
         self.model = model
         self.activation_types = tuple(activations)
         for t in self.activation_types:
@@ -129,8 +129,7 @@ class BottleneckRecorder:
                 raise ValueError(f"no submodule named {', '.join(map(repr, missing))} in the model")
         self.adaptive = adaptive
         self.max_samples = max_samples
-        self.kink = kink
-        linearize(torch.sigmoid, kink=kink)  # validates ``kink`` early
+        self.kink = choice("kink mode", kink, KINK_MODES)
         self._gen = torch.Generator().manual_seed(seed)
         self.records: dict[str, LayerRecord] = {}
         self._linearizations: dict[str, Linearization] = {}

@@ -84,7 +84,6 @@ NONLINEARITIES: dict[str, Nonlinearity] = {
 }
 # sigma(c x) = c sigma(x) for c > 0: the select kernel may pull positive values of P out.
 _HOMOGENEOUS = ("relu", "leaky_relu")
-KERNELS = ("select", "band", "fourier", "generic")
 # Elements per chunk of the M-wide intermediates (1 MiB of float32, about one L2 cache):
 # smaller chunks pay more per-op overhead, larger ones more transient memory.
 CHUNK_ELEMENTS = 1 << 18
