@@ -144,13 +144,15 @@ def _tol(dtype: torch.dtype) -> float:
 def _sigma_backward(
     sigma_name: str, sigma: Nonlinearity, f: torch.Tensor, grad_r: torch.Tensor
 ) -> torch.Tensor:
-    """``sigma'(f) * grad_r`` for a recomputed state ``f`` (may overwrite ``grad_r``)."""
+    """``sigma'(f) * grad_r`` for a recomputed state ``f``; ReLU and leaky ReLU write it
+    into ``grad_r`` (a scratch buffer at every caller) and return it."""
     if sigma_name == "relu":
         # The fused ATen kernel: a bool mask (f > 0) and a masked product are each
         # several times slower on CPU.
-        return torch.ops.aten.threshold_backward(grad_r, f, 0.0)
+        return torch.ops.aten.threshold_backward.grad_input(grad_r, f, 0.0, grad_input=grad_r)
     if sigma_name == "leaky_relu":
-        return torch.ops.aten.leaky_relu_backward(grad_r, f, 0.01, False)
+        return torch.ops.aten.leaky_relu_backward.grad_input(grad_r, f, 0.01, False,
+                                                             grad_input=grad_r)
     with torch.enable_grad():
         f = f.detach().requires_grad_(True)
         (grad_f,) = torch.autograd.grad(sigma(f), f, grad_r)
@@ -691,10 +693,9 @@ def _band_backward(
             scratch[key] = zt.new_empty(buf.shape[0], part.A.shape[1], n)
         f = scratch[key][: buf.shape[0]]
         _band_rows(part, part.A, zp, v0, v1, f)  # the state, recomputed
-        if sigma_name == "relu":
-            torch.ops.aten.threshold_backward.grad_input(buf, f, 0.0, grad_input=buf)
-        else:
-            buf.copy_(_sigma_backward(sigma_name, sigma, f, buf))
+        grad_f = _sigma_backward(sigma_name, sigma, f, buf)
+        if grad_f is not buf:
+            buf.copy_(grad_f)
 
     return _band_sweep(kern, zt, fill, use_q=False, out=gv)
 
