@@ -63,6 +63,31 @@ def test_reproduce_reports_a_failing_experiment_and_goes_on(tmp_path, offline):
     assert (tmp_path / "multimodal" / "error.txt").is_file()
 
 
+def test_an_interrupted_step_stops_the_whole_reproduce(tmp_path, monkeypatch, capsys):
+    """SIGINT / SIGTERM inside a step's training loop ends the run (exit 128 + signal),
+    instead of being recorded as a failed step while the next steps still run."""
+    import signal
+
+    from unbottleneck.experiments import reproduce
+    from unbottleneck.training import TrainingInterrupted
+
+    ran = []
+
+    def interrupted(name, **kwargs):
+        ran.append(name)
+        raise TrainingInterrupted(signal.SIGTERM, None)
+
+    monkeypatch.setattr(reproduce, "run_experiment", interrupted)
+    with pytest.raises(TrainingInterrupted):
+        run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["iat-fit", "iat-memorize"])
+    assert ran == ["iat-fit"]
+    code = main(["reproduce", "--quick", "--only", "iat-fit,iat-memorize", "--out", str(tmp_path),
+                 "--no-progress"])
+    assert code == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
+    assert ran == ["iat-fit", "iat-fit"]
+
+
 def test_reproduce_cli_errors(capsys, tmp_path):
     assert main(["reproduce", "--only", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown experiment(s) 'nope'" in capsys.readouterr().err

@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: list[str]) -> str:
+    """The command line as a shell would take it back (recorded in every report)."""
+    return "unbottleneck " + shlex.join(argv)
+
+
 def _set_threads(threads: int | None) -> bool:
     if threads is None:
         return True
@@ -78,6 +83,7 @@ def _set_threads(threads: int | None) -> bool:
 
 def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     from .experiments.reproduce import run_reproduce
+    from .training import TrainingInterrupted
 
     if not _set_threads(args.threads):
         return 2
@@ -85,14 +91,13 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or os.path.join("runs", "reproduce" + ("-quick" if args.quick else ""))
     try:
         summary = run_reproduce(quick=args.quick, out_dir=out, data_dir=args.data_dir,
-                                progress=not args.no_progress, only=only,
-                                command="unbottleneck " + " ".join(shlex.quote(a) for a in argv))
+                                progress=not args.no_progress, only=only, command=_command(argv))
     except KeyError as exc:
         print(f"unbottleneck: error: {exc.args[0]}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("unbottleneck: interrupted", file=sys.stderr)
-        return 130
+    except TrainingInterrupted as exc:  # a step's training loop stopped on a signal
+        print(f"unbottleneck: {exc}", file=sys.stderr)
+        return exc.exit_code
     verdicts = [c["verdict"] for c in summary["claims"]]
     failed = [n for n, e in summary["experiments"].items() if e["status"] == "failed"]
     print(f"reproduce: {verdicts.count('met')} met, {verdicts.count('not met')} not met, "
@@ -117,13 +122,8 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     except ValueError as exc:
         print(f"unbottleneck: error: {exc}", file=sys.stderr)
         return 2
-    try:
-        doc = run_benchmarks(names, quick=args.quick, repeats=args.repeats, out_dir=args.out,
-                             progress=not args.no_progress,
-                             command="unbottleneck " + " ".join(shlex.quote(a) for a in argv))
-    except KeyboardInterrupt:
-        print("unbottleneck: interrupted", file=sys.stderr)
-        return 130
+    doc = run_benchmarks(names, quick=args.quick, repeats=args.repeats, out_dir=args.out,
+                         progress=not args.no_progress, command=_command(argv))
     print(f"bench: done in {doc['wall_time_s']} s; results: "
           f"{os.path.join(doc['out_dir'], 'results.md')}")
     return 0
@@ -137,20 +137,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    handler = {"reproduce": _reproduce, "bench": _bench, "list": _list, "run": _run}[args.command]
+    try:
+        return handler(args, argv)
+    except KeyboardInterrupt:
+        print("unbottleneck: interrupted", file=sys.stderr)
+        return 130
 
-    if args.command == "reproduce":
-        return _reproduce(args, argv)
-    if args.command == "bench":
-        return _bench(args, argv)
 
-    from .experiments import REGISTRY, ConfigError, get_experiment, load_all, run_experiment
+def _list(args: argparse.Namespace, argv: list[str]) -> int:
+    from .experiments import REGISTRY, load_all
 
-    if args.command == "list":
-        load_all()
-        width = max(len(n) for n in REGISTRY)
-        for name in sorted(REGISTRY):
-            print(f"{name.ljust(width)}  {REGISTRY[name].summary}")
-        return 0
+    load_all()
+    width = max(len(n) for n in REGISTRY)
+    for name in sorted(REGISTRY):
+        print(f"{name.ljust(width)}  {REGISTRY[name].summary}")
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from .experiments import ConfigError, get_experiment, run_experiment
 
     try:
         exp = get_experiment(args.name)
@@ -171,7 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not _set_threads(args.threads):
         return 2
-    command = "unbottleneck " + " ".join(shlex.quote(a) for a in argv)
     from .data import ChecksumError, DatasetNotFoundError
     from .training import CheckpointError, TrainingDiverged, TrainingInterrupted
 
@@ -184,25 +189,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_dir=out,
             data_dir=args.data_dir,
             progress=not args.no_progress,
-            command=command,
+            command=_command(argv),
             resume=args.resume,
         )
     except (DatasetNotFoundError, ChecksumError, ConfigError, CheckpointError) as exc:
         print(f"unbottleneck: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
-        resume = [a for a in argv if a != "--resume"]
-        if "--out" not in resume:
-            resume += ["--out", out]
-        print(f"unbottleneck: {exc}\nresume with: unbottleneck "
-              + " ".join(shlex.quote(a) for a in resume) + " --resume", file=sys.stderr)
+        resume = [a for a in argv if a != "--resume"] + ([] if args.out else ["--out", out])
+        print(f"unbottleneck: {exc}\nresume with: {_command([*resume, '--resume'])}",
+              file=sys.stderr)
         return exc.exit_code
     except TrainingDiverged as exc:
         print(f"unbottleneck: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("unbottleneck: interrupted", file=sys.stderr)
-        return 130
     print(f"{args.name}: done in {results['wall_time_s']} s; report: {os.path.join(out, 'report.md')}")
     return 0
 

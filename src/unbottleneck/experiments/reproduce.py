@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..training import TrainingInterrupted
 from .claims import CLAIMS, claims_for
+from .common import markdown_table
 from .html import markdown_to_html
 from .runner import atomic_write_bytes, environment, get_experiment, run_experiment
 
@@ -154,7 +156,7 @@ def run_reproduce(
             results = run_experiment(step.experiment, quick=quick, overrides=sets,
                                      out_dir=out / step.id, data_dir=data_dir, progress=progress,
                                      command=command + f"  [{step.id}]")
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TrainingInterrupted):  # the user stops the whole run
             raise
         except Exception as exc:  # one failing experiment must not hide the others' results
             detail = f"{type(exc).__name__}: {exc}"
@@ -228,19 +230,23 @@ def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: P
         "",
         "## Claims",
         "",
-        "| area | seed claim | criterion | measured | verdict |",
-        "|---|---|---|---|---|",
+        markdown_table(
+            ["area", "seed claim", "criterion", "measured", "verdict"],
+            [[r["area"], _cell(r["claim"]), _cell(r["criterion"]),
+              f"{_cell(r['measured'])} ({r['experiment']})",
+              {"met": "**met**", "not met": "**not met**"}.get(r["verdict"], r["verdict"])]
+             for r in verdicts],
+        ),
+        "",
+        "## Experiments",
+        "",
+        markdown_table(
+            ["experiment", "status", "time (s)", "details"],
+            [[o.step.id, o.status, f"{o.seconds:.0f}",
+              _cell(o.detail or f"[report]({o.step.id}/report.md)")] for o in outcomes],
+        ),
+        "",
     ]
-    for r in verdicts:
-        verdict = {"met": "**met**", "not met": "**not met**"}.get(r["verdict"], r["verdict"])
-        lines.append(f"| {r['area']} | {_cell(r['claim'])} | {_cell(r['criterion'])} | "
-                     f"{_cell(r['measured'])} ({r['experiment']}) | {verdict} |")
-    lines += ["", "## Experiments", "",
-              "| experiment | status | time (s) | details |", "|---|---|---|---|"]
-    for o in outcomes:
-        detail = o.detail or f"[report]({o.step.id}/report.md)"
-        lines.append(f"| {o.step.id} | {o.status} | {o.seconds:.0f} | {_cell(detail)} |")
-    lines.append("")
     for o in outcomes:
         if o.status != "ok":
             lines += [f"## {o.step.id}: {o.status}", "", o.detail, ""]
