@@ -25,6 +25,14 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def require_positive(cfg: Any, *keys: str) -> None:
+    """Config validation: raise ``ValueError("<key> must be >= 1")`` for the first field
+    of ``keys`` below 1."""
+    for key in keys:
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1")
+
+
 def parse_activation(name: str) -> tuple[str, dict[str, Any]]:
     """``"relu"`` or ``"iat-<basis>[+zm]"`` -> (basis or "relu", IAT options).
 

@@ -21,6 +21,7 @@ from .common import (
     make_mlp,
     markdown_table,
     mean_std,
+    require_positive,
     roughness,
     seed_everything,
     total_variation,
@@ -64,9 +65,7 @@ class IATFitConfig:
                 raise ValueError(f"unknown target {t!r}; choose from {', '.join(TARGETS)}")
         for a in self.activations:
             check_activation(a)
-        for key in ("width", "depth", "points_factor", "steps", "seeds", "eval_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1")
+        require_positive(self, "width", "depth", "points_factor", "steps", "seeds", "eval_every")
 
 
 def make_data(target: str, cfg: IATFitConfig, gen: torch.Generator):

@@ -21,6 +21,7 @@ from .common import (
     make_mlp,
     markdown_table,
     mean_std,
+    require_positive,
     seed_everything,
 )
 from .runner import RunContext, register
@@ -53,10 +54,8 @@ class IATMemorizeConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         for a in self.activations:
             check_activation(a)
-        for key in ("n_samples", "input_dim", "num_classes", "width", "depth", "points_factor",
-                    "epochs", "batch_size", "seeds"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1")
+        require_positive(self, "n_samples", "input_dim", "num_classes", "width", "depth",
+                         "points_factor", "epochs", "batch_size", "seeds")
 
 
 def make_data(cfg: IATMemorizeConfig, gen: torch.Generator, data_dir=None):

@@ -36,7 +36,6 @@ from .common import markdown_table
 from .runner import ConfigError, RunContext, register
 
 _HINTS = typing.get_type_hints(LMConfig)
-_CONTROL = ("preset", "quick", "resume", "overwrite")
 
 
 def _validate(self) -> None:

@@ -41,7 +41,7 @@ import torch
 
 from ..data.corpus import load_corpus, unigram_perplexity
 from ..lm import PRESETS, LMTrainer, TrainingDiverged, alstm_available, get_preset
-from .common import markdown_table
+from .common import markdown_table, mean_std, require_positive
 from .runner import ConfigError, RunContext, register
 
 RATES = ("dropoute", "dropouti", "dropouth", "dropouta", "dropouto", "wdrop")
@@ -68,9 +68,7 @@ class LMRobustnessConfig:
             if m not in PRESETS:
                 raise ValueError(f"unknown preset {m!r} in models; valid presets: {', '.join(PRESETS)}")
             get_preset(m, quick=self.tiny, device=self.device)  # surfaces config errors early
-        for key in ("samples", "epochs"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1")
+        require_positive(self, "samples", "epochs")
         if self.max_batches < 0 or self.eval_tokens < 0:
             raise ValueError("max_batches and eval_tokens must be >= 0 (0 = no limit)")
         if not 0.0 <= self.radius <= 1.0:
@@ -103,15 +101,12 @@ def perturbed_rates(base: dict[str, float], offsets: dict[str, float], max_rate:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        nan = float("nan")
-        return {"n": 0, "median": nan, "q1": nan, "q3": nan, "mean": nan, "std": nan, "min": nan,
-                "max": nan}
-    qs = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
-    return {"n": len(values), "median": statistics.median(values), "q1": qs[0], "q3": qs[2],
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values)}
+    """:func:`~.common.mean_std` plus median and quartiles (NaN when empty)."""
+    nan = float("nan")
+    qs = ([nan] * 3 if not values else values * 3 if len(values) == 1
+          else statistics.quantiles(values, n=4, method="inclusive"))
+    median = statistics.median(values) if values else nan
+    return {**mean_std(values), "median": median, "q1": qs[0], "q3": qs[2]}
 
 
 @register(

@@ -34,7 +34,6 @@ beyond 0.05), at about 92% accuracy.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -46,7 +45,14 @@ from torch import nn
 
 from ..adaptive import POLICIES, AdaptiveLinear
 from ..diagnostics import BottleneckRecorder, plot_histograms
-from .common import count_parameters, fmt, markdown_table, mean_std, seed_everything
+from .common import (
+    count_parameters,
+    fmt,
+    markdown_table,
+    mean_std,
+    require_positive,
+    seed_everything,
+)
 from .runner import RunContext, register
 
 STATIC_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "none": nn.Identity}
@@ -91,9 +97,7 @@ class MNISTBottleneckConfig:
             parse_variant(v)
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError("hidden must be a non-empty list of positive sizes")
-        for key in ("epochs", "batch_size", "seeds", "n_train", "diag_samples"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1")
+        require_positive(self, "epochs", "batch_size", "seeds", "n_train", "diag_samples")
         if self.sva_rank < 0:
             raise ValueError("sva_rank must be >= 0 (0 = full rank)")
         if not self.lr > 0:
@@ -154,7 +158,7 @@ def _run_key(variant: str, seed: int) -> str:
 
 
 def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, bar,
-              ctx: RunContext | None = None) -> dict:
+              ctx: RunContext) -> dict:
     """Train one (variant, seed) and measure it; resumable, interruptible, torchrun-aware.
 
     Checkpoints (``ctx.checkpoint_dir/<variant>-seed<s>.pt``) are written after every
@@ -175,27 +179,24 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
         set_rng_state,
     )
 
-    dist = ctx.dist if ctx is not None else distributed.DistInfo()
+    dist = ctx.dist
     key = _run_key(variant, seed)
-    ckpt_path = done_path = None
-    if ctx is not None:
-        ckpt_path = ctx.checkpoint_dir / f"{key}.pt"
-        done_path = ctx.checkpoint_dir / f"{key}.done.pt"
-        if ctx.resume and done_path.is_file():
-            result = load_checkpoint(done_path, kind=CHECKPOINT_KIND + "-result", version=CHECKPOINT_FORMAT)
-            bar.update(cfg.epochs)
-            return result["result"]
+    ckpt_path = ctx.checkpoint_dir / f"{key}.pt"
+    done_path = ctx.checkpoint_dir / f"{key}.done.pt"
+    if ctx.resume and done_path.is_file():
+        result = load_checkpoint(done_path, kind=CHECKPOINT_KIND + "-result", version=CHECKPOINT_FORMAT)
+        bar.update(cfg.epochs)
+        return result["result"]
 
     dev = distributed.device_for(cfg.device, dist)
-    seed_everything(cfg.seed * 1000 + seed)
+    order = seed_everything(cfg.seed * 1000 + seed)  # the data-order generator
     model = MNISTNet(variant, cfg).to(dev)
     opt = (torch.optim.Adam(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adam"
            else torch.optim.SGD(model.parameters(), lr=cfg.lr))
-    order = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
     curve: list[dict] = []
     epoch, next_batch, running, elapsed = 0, 0, 0.0, 0.0
     epoch_order = order.get_state()
-    if ctx is not None and ctx.resume and ckpt_path.is_file():
+    if ctx.resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, version=CHECKPOINT_FORMAT)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -207,7 +208,7 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
     net = distributed.wrap(model, dist)
 
     def save() -> Path | None:
-        if ckpt_path is None or not dist.is_main:
+        if not dist.is_main:
             return ckpt_path
         return atomic_torch_save({
             "kind": CHECKPOINT_KIND, "format": CHECKPOINT_FORMAT, "variant": variant, "seed": seed,
@@ -219,16 +220,14 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
     x, y = data["x_train"].to(dev), data["y_train"].to(dev)
     xt, yt = data["x_test"].to(dev), data["y_test"].to(dev)
     starts = range(0, x.shape[0], cfg.batch_size)
-    safe_points = ctx.interrupt.deferring() if ctx is not None else contextlib.nullcontext()
-    with safe_points:
+    with ctx.interrupt.deferring():
         while epoch < cfg.epochs:
             t0 = time.perf_counter()
             net.train()
             order.set_state(epoch_order)
             perm = torch.randperm(x.shape[0], generator=order).to(dev)
             for b_index in range(next_batch, len(starts)):
-                if ctx is not None:
-                    ctx.interrupt.check(save, dist)
+                ctx.interrupt.check(save, dist)
                 batch = perm[starts[b_index]:starts[b_index] + cfg.batch_size]
                 local, _ = distributed.shard(batch, dist)
                 # sum / global count, times world size: DDP's gradient average is then the
@@ -240,7 +239,7 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
                     raise TrainingDiverged(
                         f"{variant} (seed {seed}): training loss became {step_total} in epoch {epoch + 1}, "
                         f"batch {b_index}; training stopped",
-                        ckpt_path if ckpt_path is not None and ckpt_path.is_file() else None)
+                        ckpt_path if ckpt_path.is_file() else None)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -270,7 +269,7 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
         "pre": pre,
         "effect": eff,
     }
-    if done_path is not None and dist.is_main:
+    if dist.is_main:
         atomic_torch_save({"kind": CHECKPOINT_KIND + "-result", "format": CHECKPOINT_FORMAT,
                            "result": result}, done_path)
     return result

@@ -28,7 +28,14 @@ import torch
 from torch import nn
 
 from ..adaptive import AdaptiveLinear
-from .common import count_parameters, fmt, markdown_table, mean_std, seed_everything
+from .common import (
+    count_parameters,
+    fmt,
+    markdown_table,
+    mean_std,
+    require_positive,
+    seed_everything,
+)
 from .runner import RunContext, register
 
 MODELS = ("static-2", "static-10", "sva-2")
@@ -69,9 +76,8 @@ class MultimodalConfig:
             kind, _, width = m.partition("-")
             if kind not in ("static", "sva") or not width.isdigit() or int(width) < 1:
                 raise ValueError(f"unknown model {m!r}; use static-<units> or sva-<units>, e.g. {MODELS}")
-        for key in ("n_train", "n_test", "steps", "batch_size", "eval_every", "seeds", "sva_rank"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1")
+        require_positive(self, "n_train", "n_test", "steps", "batch_size", "eval_every", "seeds",
+                         "sva_rank")
 
 
 def sample_mixture(spec: tuple[float, ...], n: int, gen: torch.Generator) -> torch.Tensor:
