@@ -119,5 +119,7 @@ def test_markdown_to_html_subset(tmp_path):
     assert "<h1>Title</h1>" in html
     assert "<strong>bold</strong>" in html and "<code>code</code>" in html and "&lt;b&gt;" in html
     assert "<th>a</th>" in html and "<td>2</td>" in html
+    piped = markdown_to_html("| a | b |\n|---|---|\n| x \\| y | 2 |\n", base=tmp_path)
+    assert "<td>x | y</td><td>2</td>" in piped  # an escaped pipe stays inside its cell
     assert "<ul><li>x</li><li>y</li></ul>" in html
     assert 'src="data:image/png;base64,' in html

@@ -83,12 +83,13 @@ def _set_threads(threads: int | None) -> bool:
 
 def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     from .experiments.reproduce import run_reproduce
+    from .experiments.runner import default_out_dir
     from .training import TrainingInterrupted
 
     if not _set_threads(args.threads):
         return 2
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-    out = args.out or os.path.join("runs", "reproduce" + ("-quick" if args.quick else ""))
+    out = args.out or str(default_out_dir("reproduce", args.quick))
     try:
         summary = run_reproduce(quick=args.quick, out_dir=out, data_dir=args.data_dir,
                                 progress=not args.no_progress, only=only, command=_command(argv))
@@ -157,6 +158,7 @@ def _list(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from .experiments import ConfigError, get_experiment, run_experiment
+    from .experiments.runner import default_out_dir
 
     try:
         exp = get_experiment(args.name)
@@ -180,7 +182,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from .data import ChecksumError, DatasetNotFoundError
     from .training import CheckpointError, TrainingDiverged, TrainingInterrupted
 
-    out = args.out or os.path.join("runs", args.name + ("-quick" if args.quick else ""))
+    out = args.out or str(default_out_dir(args.name, args.quick))
     try:
         results = run_experiment(
             args.name,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .._validate import positive_int
-from ..experiments.runner import _jsonable, atomic_write_bytes, environment
+from ..experiments.runner import _jsonable, atomic_write_bytes, default_out_dir, environment
 
 
 def resolve_names(only: str | Sequence[str] | None) -> list[str]:
@@ -157,7 +157,7 @@ def run_benchmarks(
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     selected = resolve_names(names)
-    out = Path(out_dir) if out_dir is not None else Path("runs") / ("bench-quick" if quick else "bench")
+    out = Path(out_dir) if out_dir is not None else default_out_dir("bench", quick)
     start = time.perf_counter()
     doc: dict[str, Any] = {
         "command": command,

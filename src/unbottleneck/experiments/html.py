@@ -62,8 +62,10 @@ def _image(alt: str, src: str, base: Path) -> str:
 
 
 def _table(rows: list[str], base: Path) -> str:
-    cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-    head, body = cells[0], [r for r in cells[2:]]
+    # Cells are separated by unescaped pipes; an escaped one (backslash, pipe) is text.
+    cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", r.strip()[1:-1])]
+             for r in rows]
+    head, body = cells[0], cells[2:]
     out = ["<table>", "<tr>" + "".join(f"<th>{_inline(c, base)}</th>" for c in head) + "</tr>"]
     out += ["<tr>" + "".join(f"<td>{_inline(c, base)}</td>" for c in r) + "</tr>" for r in body]
     out.append("</table>")

@@ -23,7 +23,13 @@ from ..training import TrainingInterrupted
 from .claims import CLAIMS, claims_for
 from .common import markdown_table
 from .html import markdown_to_html
-from .runner import atomic_write_bytes, environment, get_experiment, run_experiment
+from .runner import (
+    atomic_write_bytes,
+    default_out_dir,
+    environment,
+    get_experiment,
+    run_experiment,
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ def _cuda_missing(step: Step) -> str | None:
 
 def run_reproduce(
     quick: bool = False,
-    out_dir: str | Path = "runs/reproduce",
+    out_dir: str | Path | None = None,
     data_dir: str | None = None,
     progress: bool = True,
     only: list[str] | None = None,
@@ -126,12 +132,13 @@ def run_reproduce(
 
     Args:
         quick: use every experiment's ``--quick`` variant (minutes in all).
-        out_dir: output folder; each experiment writes into a subfolder.
+        out_dir: output folder (default ``runs/reproduce[-quick]``); each experiment
+            writes into a subfolder.
         data_dir: dataset root (else ``$UNBOTTLENECK_DATA``, else the default cache).
         only: restrict to these experiment names (in plan order).
         overrides: extra ``key=value`` overrides per experiment name (tests use tiny ones).
     """
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else default_out_dir("reproduce", quick)
     out.mkdir(parents=True, exist_ok=True)
     plan = PLAN
     if only:

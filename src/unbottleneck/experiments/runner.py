@@ -277,6 +277,11 @@ class RunContext:
         return path
 
 
+def default_out_dir(name: str, quick: bool = False) -> Path:
+    """Where a command writes when no ``--out`` is given: ``runs/NAME[-quick]``."""
+    return Path("runs") / (name + ("-quick" if quick else ""))
+
+
 def run_experiment(
     name: str,
     quick: bool = False,
@@ -302,7 +307,7 @@ def run_experiment(
     matplotlib.use("Agg")  # headless: figures are only ever written to files
     exp = get_experiment(name)
     cfg = exp.make_config(quick=quick, overrides=overrides)
-    out = Path(out_dir) if out_dir is not None else Path("runs") / (name + ("-quick" if quick else ""))
+    out = Path(out_dir) if out_dir is not None else default_out_dir(name, quick)
     if resume:
         _check_resumable(out, cfg)
     resolved = cfg.resolve() if callable(getattr(cfg, "resolve", None)) else cfg
