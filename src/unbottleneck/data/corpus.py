@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from .download import fetch_file
+from .._validate import positive_int
+from .download import _stat_key, fetch_file
 
 __all__ = [
     "CORPORA",
@@ -212,8 +213,7 @@ def load_corpus(
     key = canonical_corpus(name)
     dataset, files = CORPORA[key]
     paths = {s: fetch_file(dataset, files[s], data_dir=data_dir, download=download) for s in SPLITS}
-    stamp = tuple((str(p), p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
-                  for p in paths.values())
+    stamp = tuple(_stat_key(p) for p in paths.values())  # a changed file invalidates the cache
     with _cache_lock:
         hit = _cache.get(key)
     if hit is None or hit[0] != stamp:
@@ -256,8 +256,7 @@ def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
     """
     if data.dim() != 1:
         raise ValueError(f"batchify expects a 1-D token stream, got shape {tuple(data.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     steps = data.numel() // batch_size
     if steps < 2:
         raise ValueError(

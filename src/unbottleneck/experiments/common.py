@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..iat import IAT
 
 ACTIVATIONS = ("relu", "iat-rectangular", "iat-piecewise_linear", "iat-fourier")
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a private generator for data."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def require_positive(cfg: Any, *keys: str) -> None:
@@ -150,9 +140,3 @@ def roughness(y: torch.Tensor, h: float) -> float:
     """Root-mean-square second derivative on a uniform 1-D grid of step ``h``."""
     d2 = (y[2:] - 2 * y[1:-1] + y[:-2]) / (h * h)
     return float(d2.pow(2).mean().sqrt())
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..training import seed_everything
 from .common import (
     check_activation,
     count_parameters,
@@ -23,7 +24,6 @@ from .common import (
     mean_std,
     require_positive,
     roughness,
-    seed_everything,
     total_variation,
 )
 from .runner import RunContext, register

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..training import seed_everything
 from .common import (
     check_activation,
     count_parameters,
@@ -22,7 +23,6 @@ from .common import (
     markdown_table,
     mean_std,
     require_positive,
-    seed_everything,
 )
 from .runner import RunContext, register
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ..iat import IAT, pattern_jump
+from ..training import seed_everything
 from . import iat_fit, iat_memorize
-from .common import check_activation, fmt, markdown_table, mean_std, seed_everything
+from .common import check_activation, fmt, markdown_table, mean_std
 from .runner import RunContext, register
 
 

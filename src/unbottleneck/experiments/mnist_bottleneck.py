@@ -45,13 +45,13 @@ from torch import nn
 
 from ..adaptive import POLICIES, AdaptiveLinear
 from ..diagnostics import BottleneckRecorder, plot_histograms
+from ..training import seed_everything
 from .common import (
     count_parameters,
     fmt,
     markdown_table,
     mean_std,
     require_positive,
-    seed_everything,
 )
 from .runner import RunContext, register
 

@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from ..adaptive import AdaptiveLinear
+from ..training import seed_everything
 from .common import (
     count_parameters,
     fmt,
     markdown_table,
     mean_std,
     require_positive,
-    seed_everything,
 )
 from .runner import RunContext, register
 

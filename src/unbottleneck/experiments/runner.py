@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import typing
 from collections.abc import Callable, Iterable
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..training import DistInfo, GracefulInterrupt
+from ..training import DistInfo, GracefulInterrupt, atomic_write
 
 
 class ConfigError(ValueError):
@@ -147,20 +146,8 @@ def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` atomically (:func:`~unbottleneck.training.atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _jsonable(obj: Any) -> Any:

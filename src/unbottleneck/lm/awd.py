@@ -14,12 +14,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validate import positive_int
-from .dropout import LockedDropout, WeightDropLSTM, check_rate
+from .._validate import positive_int, probability
+from .dropout import LockedDropout, WeightDropLSTM
 
 __all__ = ["LSTMStack"]
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def layer_sizes(input_size: int, hidden_size: int, num_layers: int, output_size: int
+                ) -> list[tuple[int, int]]:
+    """``(input, hidden)`` width of every layer of a stack whose last layer has
+    ``output_size`` units (the others ``hidden_size``)."""
+    outs = [hidden_size] * (num_layers - 1) + [output_size]
+    ins = [input_size] + outs[:-1]
+    return list(zip(ins, outs, strict=True))
 
 
 class LSTMStack(nn.Module):
@@ -54,17 +63,15 @@ class LSTMStack(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.output_size = output_size or hidden_size
-        self.dropout_hidden = check_rate("dropout_hidden", dropout_hidden)
-        self.weight_dropout = check_rate("weight_dropout", weight_dropout)
+        self.dropout_hidden = probability("dropout_hidden", dropout_hidden)
+        self.weight_dropout = probability("weight_dropout", weight_dropout)
         self.batch_first = batch_first
-        widths = [hidden_size] * (num_layers - 1) + [self.output_size]
-        ins = [input_size] + widths[:-1]
         factory = {"device": device, "dtype": dtype}
         # Always the wrapper (a plain nn.LSTM call when weight_dropout = 0), so that
         # state_dict keys do not depend on the rate.
         self.layers = nn.ModuleList(
             WeightDropLSTM(n, h, self.weight_dropout, **factory)
-            for n, h in zip(ins, widths, strict=True)
+            for n, h in layer_sizes(input_size, hidden_size, num_layers, self.output_size)
         )
         self.lockdrop = LockedDropout(self.dropout_hidden)
 

@@ -48,6 +48,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
+from .._validate import probability
 from ..data.corpus import canonical_corpus
 
 __all__ = ["OPTIMIZERS", "PRESETS", "QUICK", "RESUME_MUTABLE", "LMConfig", "get_preset"]
@@ -153,9 +154,7 @@ class LMConfig:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0 (0 = off/default), got {getattr(self, key)}")
         for key in ("dropoute", "dropouti", "dropouth", "dropouta", "dropouto", "wdrop"):
-            p = getattr(self, key)
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{key} must be a probability in [0, 1), got {p}")
+            probability(key, getattr(self, key))
         if self.core != "alstm" and self.dropouta > 0:
             raise ValueError(f"dropouta applies only to core=alstm (got core={self.core!r}); "
                              "set dropouta=0")
@@ -172,7 +171,7 @@ class LMConfig:
         if self.alstm_policy_init not in POLICY_INITS:
             raise ValueError(f"unknown alstm_policy_init {self.alstm_policy_init!r}; "
                              f"valid: {', '.join(POLICY_INITS)}")
-        out = self.output_size or (self.embedding_size if self.tie_weights else self.hidden_size)
+        out = self.last_layer_size
         if self.tie_weights and out != self.embedding_size:
             raise ValueError(f"tie_weights needs output_size ({out}) == embedding_size "
                              f"({self.embedding_size})")

@@ -27,12 +27,7 @@ from torch.func import functional_call
 
 from .._validate import probability
 
-__all__ = ["LockedDropout", "WeightDropLSTM", "check_rate", "embedding_dropout"]
-
-
-def check_rate(name: str, p: float) -> float:
-    """Validate a dropout probability in [0, 1); return it as float."""
-    return probability(name, p)
+__all__ = ["LockedDropout", "WeightDropLSTM", "embedding_dropout"]
 
 
 def embedding_dropout(weight: torch.Tensor, tokens: torch.Tensor, p: float,
@@ -69,11 +64,11 @@ class LockedDropout(nn.Module):
 
     def __init__(self, p: float = 0.5, batch_first: bool = False) -> None:
         super().__init__()
-        self.p = check_rate("p", p)
+        self.p = probability("p", p)
         self.batch_first = batch_first
 
     def forward(self, x: torch.Tensor, p: float | None = None) -> torch.Tensor:
-        p = self.p if p is None else check_rate("p", p)
+        p = self.p if p is None else probability("p", p)
         if not self.training or p == 0.0:
             return x
         if x.dim() != 3:
@@ -109,7 +104,7 @@ class WeightDropLSTM(nn.Module):
                  bias: bool = True, batch_first: bool = False,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.weight_dropout = check_rate("weight_dropout", weight_dropout)
+        self.weight_dropout = probability("weight_dropout", weight_dropout)
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers=1, bias=bias,
                             batch_first=batch_first, device=device, dtype=dtype)
 

@@ -25,14 +25,15 @@ cores keep their own initialisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from .._validate import positive_int
-from .awd import LSTMStack
-from .dropout import LockedDropout, check_rate, embedding_dropout
+from .._validate import positive_int, probability
+from .awd import LSTMStack, layer_sizes
+from .dropout import LockedDropout, embedding_dropout
 
 __all__ = ["CORES", "LMOutput", "RNNLanguageModel", "alstm_available", "ar_tar_penalty",
            "detach_state", "lstm_parameter_count", "alstm_parameter_count"]
@@ -55,19 +56,26 @@ class LMOutput(NamedTuple):
     output: torch.Tensor
 
 
-def detach_state(state: Any) -> Any:
-    """Detach every tensor in a (nested tuple/list/dict) recurrent state; None stays None."""
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any, what: str = "map") -> Any:
+    """Apply ``fn`` to every tensor of a (nested tuple/NamedTuple/list/dict) recurrent
+    state, keeping its structure; None stays None, any other leaf raises ``TypeError``
+    ("cannot <what> a recurrent state of type ...")."""
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
-        return state.detach()
+        return fn(state)
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # NamedTuple
-        return type(state)(*(detach_state(s) for s in state))
+        return type(state)(*(map_state(fn, s, what) for s in state))
     if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
+        return type(state)(map_state(fn, s, what) for s in state)
     if isinstance(state, dict):
-        return {k: detach_state(v) for k, v in state.items()}
-    raise TypeError(f"cannot detach a recurrent state of type {type(state).__name__}")
+        return {k: map_state(fn, v, what) for k, v in state.items()}
+    raise TypeError(f"cannot {what} a recurrent state of type {type(state).__name__}")
+
+
+def detach_state(state: Any) -> Any:
+    """Detach every tensor in a (nested tuple/list/dict) recurrent state; None stays None."""
+    return map_state(torch.Tensor.detach, state, "detach")
 
 
 def ar_tar_penalty(raw_output: torch.Tensor, output: torch.Tensor, alpha: float,
@@ -92,14 +100,6 @@ def alstm_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def layer_sizes(embedding_size: int, hidden_size: int, num_layers: int, output_size: int
-                ) -> list[tuple[int, int]]:
-    """``(input, hidden)`` width of every layer of the stack."""
-    outs = [hidden_size] * (num_layers - 1) + [output_size]
-    ins = [embedding_size] + outs[:-1]
-    return list(zip(ins, outs, strict=True))
 
 
 def lstm_parameter_count(vocab_size: int, embedding_size: int, hidden_size: int, num_layers: int,
@@ -198,7 +198,7 @@ class RNNLanguageModel(nn.Module):
                 f"tie_weights needs the last layer width (output_size={output_size}) to equal "
                 f"embedding_size={embedding_size}"
             )
-        rates = {k: check_rate(k, v) for k, v in (
+        rates = {k: probability(k, v) for k, v in (
             ("dropoute", dropoute), ("dropouti", dropouti), ("dropouth", dropouth),
             ("dropouta", dropouta), ("dropouto", dropouto), ("wdrop", wdrop))}
         if core != "alstm" and rates["dropouta"] > 0:
@@ -268,11 +268,10 @@ class RNNLanguageModel(nn.Module):
         if tokens.dim() != 2:
             layout = "(B, T)" if self.batch_first else "(T, B)"
             raise ValueError(f"tokens must be {layout}, got shape {tuple(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise ValueError(
-                f"token ids must lie in [0, {self.vocab_size}), got range "
-                f"[{int(tokens.min())}, {int(tokens.max())}]"
-            )
+        if tokens.numel():
+            lo, hi = torch.stack(torch.aminmax(tokens)).tolist()  # one pass, one device sync
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got range [{lo}, {hi}]")
 
     def forward(self, tokens: torch.Tensor, state: Any = None) -> LMOutput:
         self._check_tokens(tokens)

@@ -34,26 +34,31 @@ Evaluation, best-model selection and ``best.pt`` then use the averaged weights.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.corpus import BPTTSchedule, Corpus, batchify, get_batch
 from ..training import distributed
-from ..training.checkpoint import CheckpointError, atomic_torch_save, rng_state, set_rng_state
+from ..training.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from ..training.checkpoint import load_checkpoint as _load_checkpoint
 from ..training.interrupt import TrainingDiverged as _TrainingDiverged
 from .configs import RESUME_MUTABLE, LMConfig
-from .model import RNNLanguageModel, ar_tar_penalty, detach_state
+from .model import RNNLanguageModel, ar_tar_penalty, detach_state, map_state
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -157,12 +162,6 @@ class IterateAverage:
                     for a, p in zip(state["avg"], self.params, strict=True)] if state["avg"] else []
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -214,7 +213,7 @@ class LMTrainer:
         self.log = log or (lambda msg: None)
         self.device = distributed.device_for(cfg.device, self.dist)
 
-        _seed_all(cfg.seed)
+        seed_everything(cfg.seed)
         self.model = build_model(cfg, corpus.vocab_size, device=self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.num_parameters = sum(p.numel() for p in self.params)
@@ -353,11 +352,10 @@ class LMTrainer:
         with bar as pbar:
             if pbar is not None and self.batch:
                 pbar.update(self.batch)
-            # Check the cap before drawing a length, so the data-order generator
-            # advances exactly once per trained batch.
-            while self.pos < rows - 1 and not (cfg.max_batches and self.batch >= cfg.max_batches):
-                i = self.pos
-                seq_len = min(self.schedule.next_len(), rows - 1 - i)
+            # islice stops at the cap before the schedule draws another length, so the
+            # data-order generator advances exactly once per trained batch.
+            cap = max(cfg.max_batches - self.batch, 0) if cfg.max_batches else None
+            for i, seq_len in itertools.islice(self.schedule.epoch(rows, self.pos), cap):
                 start = time.perf_counter()
                 x, y = get_batch(self.train_data, i, seq_len)
                 loss = self._train_step(x, y, seq_len, base_lr)
@@ -513,7 +511,7 @@ class LMTrainer:
         self.batch = int(state["batch"])
         self.pos = int(state["pos"])
         self.global_step = int(state["global_step"])
-        self.hidden = _to_device(state["hidden"], self.device)
+        self.hidden = map_state(lambda t: t.to(self.device), state["hidden"], "move")
         self.running = dict(state["running"])
         self.asgd_epoch = state["asgd_epoch"]
         self.schedule.load_state_dict(state["schedule"])
@@ -596,17 +594,3 @@ def _plain(state: Any) -> Any:
 
 def _normalise(value: Any) -> Any:
     return list(value) if isinstance(value, (tuple, list)) else value
-
-
-def _to_device(state: Any, device: torch.device) -> Any:
-    if state is None:
-        return None
-    if isinstance(state, torch.Tensor):
-        return state.to(device)
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return type(state)(*(_to_device(s, device) for s in state))
-    if isinstance(state, (tuple, list)):
-        return type(state)(_to_device(s, device) for s in state)
-    if isinstance(state, dict):
-        return {k: _to_device(v, device) for k, v in state.items()}
-    return state

@@ -3,8 +3,10 @@
 from .checkpoint import (
     CheckpointError,
     atomic_torch_save,
+    atomic_write,
     load_checkpoint,
     rng_state,
+    seed_everything,
     set_rng_state,
 )
 from .distributed import DistInfo
@@ -17,7 +19,9 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "atomic_torch_save",
+    "atomic_write",
     "load_checkpoint",
     "rng_state",
+    "seed_everything",
     "set_rng_state",
 ]

@@ -18,8 +18,9 @@ import contextlib
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -29,23 +30,30 @@ class CheckpointError(ValueError):
     """A checkpoint file is unreadable, truncated or of the wrong kind."""
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` through a temporary file in the same folder and :func:`os.replace`."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Create or replace ``path`` atomically: ``write(fh)`` fills a temporary file in the
+    same folder, which is fsynced and moved over ``path`` with :func:`os.replace`; on any
+    error (or interrupt) the old file stays and the temporary one is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None,
@@ -75,6 +83,14 @@ def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None,
     if version is not None and ckpt.get("format") != version:
         raise CheckpointError(f"{path} has checkpoint format {ckpt.get('format')!r}, expected {version}")
     return ckpt
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a private generator for data."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
 
 def rng_state() -> dict:
