@@ -91,6 +91,11 @@ def test_stats_and_make_row():
     assert row["ratio"] == 0.5 and row["spread"] == [1.0, 3.0] and row["meets"] is True
     assert M.make_row("c", "m", "s", 1.0, "b", None)["ratio"] is None
     assert M.make_row("c", "m", "s", None, "b", 2.0)["ratio"] is None
+    # meets is derived from the target when not given
+    assert M.make_row("c", "m", "s", 1.0, "b", 4.0, target="<= 0.25")["meets"] is True
+    assert M.make_row("c", "m", "s", 1.0, "b", 3.0, target="<= 0.25")["meets"] is False
+    assert M.make_row("c", "m", "s", 3.0, "b", 1.5, target=">= 2")["meets"] is True
+    assert M.make_row("c", "m", "s", 2.9, "b", 1.5, target=">= 2")["meets"] is False
 
 
 def test_profile_top_names_the_dominant_op():

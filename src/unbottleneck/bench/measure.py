@@ -219,8 +219,9 @@ def make_row(
     ``value``/``baseline_value`` are medians (with ``spread``/``baseline_spread`` the
     [min, max] range over repeats when given as :class:`Stats`); ``ratio`` is
     value / baseline (the median of per-repeat ratios when given as Stats, else
-    the ratio of the two values).  ``target`` is a human-readable goal such as
-    ``"<= 0.5"`` and ``meets`` whether the ratio satisfies it.
+    the ratio of the two values).  ``target`` is a goal on the ratio, ``"<= x"`` or
+    ``">= x"``; ``meets`` (whether the median ratio satisfies it) is derived from it
+    unless given.
     """
 
     def med(x: Stats | float | None) -> float | None:
@@ -245,6 +246,9 @@ def make_row(
         "ratio_spread": rng(ratio),
     }
     if target is not None:
+        if meets is None and row["ratio"] is not None:
+            op, bound = target.split()
+            meets = row["ratio"] <= float(bound) if op == "<=" else row["ratio"] >= float(bound)
         row["target"] = target
         row["meets"] = meets
     row.update(extra)
