@@ -63,6 +63,7 @@ folded into the output basis once, at construction.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -872,17 +873,31 @@ class StructuredIAT:
     """The operators of one IAT with fixed bases.
 
     ``p`` = P (M, d), ``pt`` = P^T (d, M), ``qt`` = Qw^T (m, M), ``q`` = Qw (M, m),
-    each dense or CSR, for the generic path (feature-major: ``ft = p @ zt``);
-    ``kernel`` is the structured kernel found for (P, Qw), or None.
+    each dense or CSR (:func:`_as_operator` with ``max_density``), for the generic path
+    (feature-major: ``ft = p @ zt``).  They are built on first use: a layer served by
+    a structured ``kernel`` (found for (P, Qw), or None) never needs these copies.
     """
 
     P: torch.Tensor
     Qw: torch.Tensor
-    p: torch.Tensor
-    pt: torch.Tensor
-    qt: torch.Tensor
-    q: torch.Tensor
+    max_density: float = 0.1
     kernel: Kernel | None = field(default=None)
+
+    @functools.cached_property
+    def p(self) -> torch.Tensor:
+        return _as_operator(self.P, self.max_density)
+
+    @functools.cached_property
+    def pt(self) -> torch.Tensor:
+        return _as_operator(self.P.t(), self.max_density)
+
+    @functools.cached_property
+    def qt(self) -> torch.Tensor:
+        return _as_operator(self.Qw.t(), self.max_density)
+
+    @functools.cached_property
+    def q(self) -> torch.Tensor:
+        return _as_operator(self.Qw, self.max_density)
 
     @property
     def sparse(self) -> tuple[bool, bool]:
@@ -942,15 +957,7 @@ def build_structure(
     P = P.detach()
     Qw = Qw.detach()
     kernel = _find_kernel(P, Qw, weights) if kernels else None
-    return StructuredIAT(
-        P=P,
-        Qw=Qw,
-        p=_as_operator(P, max_density),
-        pt=_as_operator(P.t(), max_density),
-        qt=_as_operator(Qw.t(), max_density),
-        q=_as_operator(Qw, max_density),
-        kernel=kernel,
-    )
+    return StructuredIAT(P=P, Qw=Qw, max_density=max_density, kernel=kernel)
 
 
 def _forward_t(ops: StructuredIAT, zt: torch.Tensor, sigma: Nonlinearity) -> torch.Tensor:
