@@ -1012,19 +1012,16 @@ def iat_fast(
     grad = torch.is_grad_enabled() and z.requires_grad
     if isinstance(kern, _SelectKernel):
         return _select_forward(z, kern, sigma)
-    if kern is not None and z.numel() > 0:
-        if isinstance(kern, _BandKernel):
-            zt = z.reshape(-1, d).t().contiguous()  # (d, N)
-            fn = _BandIAT.apply if grad else _band_forward
-            yt = fn(zt, kern, sigma_name, sigma)
-            # A transposed view: the next Linear's matmul reads it without a copy.
-            return yt.t().reshape(*lead, m)
+    if isinstance(kern, _FourierKernel) and z.numel() > 0:  # batch-major
         z2 = z.reshape(-1, d).contiguous()
         fn = _FourierIAT.apply if grad else _fourier_forward
         return fn(z2, kern, sigma_name, sigma).reshape(*lead, m)
-    zt = z.reshape(-1, d).t().contiguous()  # (d, N)
-    if grad:
+    zt = z.reshape(-1, d).t().contiguous()  # (d, N): the band and generic paths are feature-major
+    if isinstance(kern, _BandKernel) and z.numel() > 0:
+        yt = (_BandIAT.apply if grad else _band_forward)(zt, kern, sigma_name, sigma)
+    elif grad:
         yt = _IATRecompute.apply(zt, ops, sigma_name, sigma)
     else:
         yt = _forward_t(ops, zt, sigma)
-    return yt.t().reshape(*lead, yt.shape[0])
+    # A transposed view: the next Linear's matmul reads it without a copy.
+    return yt.t().reshape(*lead, m)
