@@ -40,12 +40,15 @@ def test_saved_bytes_of_known_ops():
     assert M.saved_bytes(lambda: x * w, [x, w]) == 0
     # ... unless the input is counted
     assert M.saved_bytes(lambda: x * w, [w]) == 100 * 10 * 4
-    # the IAT's band kernel keeps one (d, N) copy of its input, the dense path its (N, M) state
+    # the IAT's band kernel keeps its (contiguous) input itself -- nothing new -- or one
+    # contiguous copy of a strided input; the dense path keeps its (N, M) state
     from unbottleneck import IAT
 
     iat = IAT(16, basis="piecewise_linear", implementation="fast", dtype=torch.float64)
     z = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
-    assert M.saved_bytes(lambda: iat(z), [z]) == 8 * 16 * 8
+    assert M.saved_bytes(lambda: iat(z), [z]) == 0
+    zt = torch.randn(16, 8, dtype=torch.float64, requires_grad=True)
+    assert M.saved_bytes(lambda: iat(zt.t()), [zt]) == 8 * 16 * 8
     assert M.saved_bytes(lambda: iat.reference(z), [z, *iat.buffers()]) == 8 * 64 * 8
 
 

@@ -31,6 +31,7 @@ from unbottleneck.iat import (
     quadrature_rule,
 )
 from unbottleneck.iat import functional as Fn
+from unbottleneck.iat.basis import piecewise_linear
 from unbottleneck.iat.functional import resolve_nonlinearity
 from unbottleneck.iat.module import AUTO_FAST_MIN_SIZE, AUTO_FFT_MIN_SIZE, AUTO_SELECT_MIN_SIZE
 
@@ -805,6 +806,7 @@ KERNEL_OF = {  # (basis, q, quadrature) -> the kernel iat_fast must pick
 def small_chunks(monkeypatch):
     """Chunks of a few rows, so every chunk boundary of the kernels is exercised."""
     monkeypatch.setattr(Fn, "CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(Fn, "BAND_CHUNK_ELEMENTS", 40)
 
 
 @pytest.mark.parametrize("nonlinearity", ["relu", "leaky_relu", "softplus"])
@@ -898,12 +900,42 @@ def test_band_kernel_smallest_and_sparse_node_sets():
 
 def test_band_layout_main_and_extra_rows():
     k = make(16, basis="piecewise_linear", implementation="fast")._ops.kernel  # M = 64, J = 15
-    assert k.R == 64 // 15 and k.main.A.shape == (15, 4, 2)
-    assert k.extra is not None and int((k.extra.A != 0).any(-1).sum()) == 64 - 4 * 15
+    assert k.R == 64 // 15 and k.main.A.shape == (2, 4, 15)  # (ends, slots, intervals)
+    assert k.extra is not None and int((k.extra.A != 0).any(0).sum()) == 64 - 4 * 15
     assert k.out.kind == "tridiagonal"  # the dense dual of the hats
     assert make(16, basis="piecewise_linear", q="normalized")._ops.kernel.out.kind == "identity"
     exact = make(16, basis="piecewise_linear", num_points=60)._ops.kernel  # M = 4 (d - 1)
     assert exact.extra is None
+
+
+def test_band_kernel_folds_scales_only_when_exact():
+    # hats: state = lerp of the interval ends (norm 1), so ReLU takes the folded path
+    k = make(16, basis="piecewise_linear", q="normalized")._ops.kernel
+    assert k.main.folded and k.extra.folded
+    # negated hats are still a band, but sigma(norm f) != norm sigma(f) for norm = -1:
+    # ReLU must take the exact coefficients, and still match the reference
+    m = make(16, basis=lambda s: -piecewise_linear(s, 16), q="same", implementation="fast")
+    assert m.kernel == "band" and not m._ops.kernel.main.folded
+    for name in ("relu", "leaky_relu"):
+        m = make(16, basis=lambda s: -piecewise_linear(s, 16), q="same",
+                 implementation="fast", nonlinearity=name)
+        z, w = randn(5, 16, seed=31), randn(5, 16, seed=32)
+        y_fast, g_fast = _value_and_grad(m, z, w)
+        y_ref, g_ref = _value_and_grad(m.reference, z, w)
+        torch.testing.assert_close(y_fast, y_ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)
+
+
+def test_band_kernel_gives_way_to_generic_beyond_max_slots():
+    d = 8  # J = 7 intervals
+    at_limit = make(d, basis="piecewise_linear", num_points=7 * Fn.BAND_MAX_SLOTS,
+                    implementation="fast")
+    beyond = make(d, basis="piecewise_linear", num_points=7 * (Fn.BAND_MAX_SLOTS + 1),
+                  implementation="fast")
+    assert at_limit.kernel == "band" and beyond.kernel == "generic"
+    z = randn(4, d, seed=33)
+    for m in (at_limit, beyond):
+        torch.testing.assert_close(m(z), m.reference(z), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("zero_mean", [True, False])

@@ -16,14 +16,17 @@ against the dense products on random probes before it is accepted):
     cost does not depend on M at all.
 ``band``
     every node sees at most two *neighbouring* basis functions (piecewise-linear
-    hats, any quadrature).  In a feature-major layout the nodes are grouped by the
-    interval between two hat centres, ``R`` slots per interval, so the state is a
-    batched (intervals, R, 2) x (intervals, 2, N) product reading the input pairs
-    ``(z_j, z_{j+1})`` through an overlapping view, and the output of hat j a
-    (1, 2R) x (2R, N) product over a window of two consecutive intervals of the
-    same buffer: no gathers, no scatters, O(N M) work instead of O(N M d).  The
-    few nodes beyond R per interval (many for Gauss-Legendre) go to extra rows
-    handled with gathers and ``index_add``.
+    hats, any quadrature).  The nodes are grouped by the interval between two hat
+    centres, ``R`` slots per interval, and the kernel works batch-major on the
+    (N, d) input as it comes: for each slot r, the state at the slot's nodes of
+    all intervals is one element-wise op on the column slices ``z[:, :-1]`` and
+    ``z[:, 1:]`` (the two ends of every interval), and its activation is
+    accumulated in place onto the same two column ranges of the output.  No
+    transposes, gathers or scatters: about 5R passes over (N, d - 1) arrays,
+    O(N M) work instead of O(N M d).  The few nodes beyond R per interval (many
+    for Gauss-Legendre) are extra one-slot rows handled with ``index_select`` and
+    ``index_add_``.  Beyond ``BAND_MAX_SLOTS`` slots (M > 32 d) the generic path
+    is faster and is used.
 ``fourier``
     the Fourier basis at midpoint nodes: ``P z`` is a sine/cosine series on a
     uniform grid, evaluated by an inverse real FFT of length M (with a half-cell
@@ -45,9 +48,8 @@ state there (for ReLU the backward needs just the sign pattern, but a saved mask
 would take M bytes per sample against 4d for ``z`` in float32: no saving at
 M = 4d, and recomputing costs one batched product), so a training step stores
 O(N d) instead of O(N M) numbers per layer.  The M-wide intermediates are
-processed in chunks of ``CHUNK_ELEMENTS`` (about one L2 cache), so the transient
-memory is a few chunk buffers rather than (N, M) tensors, and backward writes
-its result over the (d, N) gradient buffer it reads from.  ReLU and leaky ReLU
+processed in chunks of rows (``CHUNK_ELEMENTS``, ``BAND_CHUNK_ELEMENTS``), so the
+transient memory is a few chunk buffers rather than (N, M) tensors.  ReLU and leaky ReLU
 use hand-written derivatives (the fused ``threshold_backward``); any other
 nonlinearity is differentiated by autograd on the recomputed chunk.
 
@@ -88,6 +90,13 @@ _HOMOGENEOUS = ("relu", "leaky_relu")
 # Elements per chunk of the M-wide intermediates (1 MiB of float32, about one L2 cache):
 # smaller chunks pay more per-op overhead, larger ones more transient memory.
 CHUNK_ELEMENTS = 1 << 18
+# Elements of the band kernel's (rows, V) work buffers per chunk, all together (2 MiB
+# of float32): its ops are cheap enough that the per-op cost of small chunks shows
+# (measured at d = 512, batch 1024: 128-row chunks ~1.6x slower than 512 and more).
+BAND_CHUNK_ELEMENTS = 1 << 19
+# The band kernel loops over the R = M // (d - 1) node slots of an interval (R element-
+# wise passes per step); beyond this many (M > 32 d) the generic path is used instead.
+BAND_MAX_SLOTS = 32
 def resolve_nonlinearity(nonlinearity: str | Nonlinearity) -> tuple[str, Nonlinearity]:
     """Name and function of an element-wise nonlinearity (callables allowed)."""
     if callable(nonlinearity):
@@ -291,7 +300,7 @@ def _tridiag_solver(
 
 @dataclass
 class _OutputMap:
-    """``y = K^T v`` and its transpose ``g_v = K g_y`` (feature-major, dim 0).
+    """``y = K^T v`` and its transpose ``g_v = K g_y`` along the features (dim 1).
 
     ``scale``: K is diagonal (kernels fold it into their coefficients, leaving the
     identity, ``scale = fwd = None``).  Otherwise ``K = T^{-1}`` with T tridiagonal:
@@ -315,20 +324,23 @@ class _OutputMap:
             None if self.bwd is None else self.bwd.to(**kw),
         )
 
-    def forward_t(self, v: torch.Tensor) -> torch.Tensor:
-        """(d, N) contiguous -> (d, N); overwrites ``v``."""
+    def forward(self, v: torch.Tensor) -> None:
+        """``y = K^T v`` along dim 1 of ``v`` (n, d), written over ``v``."""
         if self.fwd is not None:
-            return self.fwd.apply(v, torch.empty_like(v), v)
-        return v if self.scale is None else v.mul_(self.scale[:, None])
+            # The scans run along dim 0: give them the transposed views.
+            y = self.fwd.apply(v.t(), torch.empty_like(v).t(), v.t())
+            if y.data_ptr() != v.data_ptr():
+                v.copy_(y.t())
+        elif self.scale is not None:
+            v.mul_(self.scale)
 
-    def backward_t(self, g: torch.Tensor) -> torch.Tensor:
-        """(d, N), any strides (autograd's gradient: never written) -> contiguous (d, N)."""
-        out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
+    def backward(self, g: torch.Tensor) -> torch.Tensor:
+        """``K g`` along dim 1 of ``g`` (n, d), any strides, never written (returned
+        as it is for the identity)."""
         if self.fwd is not None:
-            return self.bwd.apply(g, out, torch.empty_like(out))
-        if self.scale is None:
-            return out.copy_(g)
-        return torch.mul(g, self.scale[:, None], out=out)
+            out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
+            return self.bwd.apply(g.t(), out.t(), torch.empty_like(out).t()).t()
+        return g if self.scale is None else g * self.scale
 
 
 def _output_map(P: torch.Tensor, Qw: torch.Tensor, w: torch.Tensor, tol: float) -> _OutputMap | None:
@@ -442,24 +454,105 @@ def _select_forward(z: torch.Tensor, kern: _SelectKernel, sigma: Nonlinearity) -
 # --------------------------------------------------------------------------------------
 
 
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` where ``den != 0``, else 0."""
+    return torch.where(den != 0, num / torch.where(den != 0, den, 1), 0)
+
+
 @dataclass
 class _BandPart:
-    """Padded rows of nodes: row v holds up to R nodes of interval ``rows[v]``.
+    """Nodes in padded slots: slot r of row v is a node of interval ``rows[v]``.
 
-    ``A[v, slot]`` are the coefficients of ``(z_j, z_{j+1})`` (j = ``rows[v]``) in the
-    state at that node and ``Qat[v, slot]`` those of the output side (``w`` and a
-    diagonal K folded in); padding slots are zero, so they add nothing either way.
+    ``A[0, r, v]`` and ``A[1, r, v]`` are the coefficients of ``z_j`` and ``z_{j+1}``
+    (j = ``rows[v]``) in the state at that node, ``Qat[0/1, r, v]`` those of the output
+    side (``w`` and a diagonal K folded in); padding slots are zero, so they add nothing
+    either way.  The kernels loop over the R slots, each step an element-wise op on
+    (rows, V) arrays.
+
+    A state is an interpolation between the interval's end values,
+    ``A0 z_l + A1 z_r = norm * lerp(z_l, z_r, rho)`` with ``norm = A0 + A1`` (1 for
+    hats) and ``rho = A1 / norm``, and the gradient w.r.t. the activated state likewise
+    ``qn * lerp(g_l, g_r, kappa)``: one fused op each instead of a product and a
+    multiply-add.  For a positively homogeneous sigma the scales fold exactly into
+    the coefficients of the other side (``sigma(norm f) = norm sigma(f)`` and
+    ``sigma'(norm f) = sigma'(f)`` for ``norm > 0``): ``Qf = Qat * norm`` for the
+    output sums, ``Af = A * qn`` for the input gradient (``folded``).
     """
 
     rows: torch.Tensor  # (V,) interval of each row
-    A: torch.Tensor  # (V, R, 2)
-    Qat: torch.Tensor  # (V, R, 2)
-    identity: bool  # rows == arange(d - 1): read the pairs view directly
+    A: torch.Tensor  # (2, R, V)
+    Qat: torch.Tensor  # (2, R, V)
+    identity: bool  # rows == arange(d - 1): the interval ends are two slices of the input
+
+    def __post_init__(self) -> None:
+        A, Q = self.A, self.Qat
+        norm, qn = A.sum(0), Q.sum(0)
+        pad_a, pad_q = (A == 0).all(0), (Q == 0).all(0)
+        self.folded = bool(((norm > 0) | pad_a).all()) and bool(((qn != 0) | pad_q).all())
+        # Per-slot (V,) rows, sliced once: the slot loops would otherwise pay for the
+        # indexing ops on every call.
+        self.rho = list(_ratio(A[1], norm).unbind(0))
+        self.kappa = list(_ratio(Q[1], qn).unbind(0))
+        self.a, self.q = _slot_pairs(A), _slot_pairs(Q)
+        self.qf, self.af = _slot_pairs(Q * norm), _slot_pairs(A * qn)
+
+    @property
+    def R(self) -> int:
+        return self.A.shape[1]
 
     def to(self, **kw) -> _BandPart:
         return _BandPart(
             self.rows.to(kw.get("device")), self.A.to(**kw), self.Qat.to(**kw), self.identity
         )
+
+    def ends(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, d) -> the values at the left and right end of every row's interval, (n, V) each."""
+        if self.identity:
+            return x[:, :-1], x[:, 1:]
+        return x.index_select(1, self.rows), x.index_select(1, self.rows + 1)
+
+    @staticmethod
+    def expand(ends: tuple[torch.Tensor, torch.Tensor], c: tuple[torch.Tensor, torch.Tensor],
+               out: torch.Tensor) -> torch.Tensor:
+        """``out = c[0] * left + c[1] * right`` (n, V): with slot r's ``a`` the state at
+        its nodes, with its ``q`` the gradient w.r.t. the activated state."""
+        torch.mul(ends[0], c[0], out=out)
+        return out.addcmul_(ends[1], c[1])
+
+    @staticmethod
+    def interpolate(ends: tuple[torch.Tensor, torch.Tensor], weight: torch.Tensor,
+                    out: torch.Tensor) -> torch.Tensor:
+        """``lerp(left, right, weight)``: :meth:`expand` up to the scale ``norm``
+        (``weight = rho``) or ``qn`` (``weight = kappa``)."""
+        return torch.lerp(ends[0], ends[1], weight, out=out)
+
+    def accumulate(
+        self, r: int, f: torch.Tensor, c: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor,
+        scratch: torch.Tensor | None,
+    ) -> None:
+        """The transpose of :meth:`expand` for slot r: add ``c[0] * f`` to the rows' left
+        ends of ``out`` (n, d) and ``c[1] * f`` to their right ends.
+
+        The main part (run first) writes its left ends at slot 0 and zeroes the last
+        column, so ``out`` needs no zero fill; both ends then accumulate in place
+        (the two column ranges overlap, but each op reads only ``f``).  Extra rows
+        scatter through ``scratch`` (n, V) with ``index_add_``.
+        """
+        if self.identity:
+            if r == 0:
+                torch.mul(f, c[0], out=out[:, :-1])
+                out[:, -1] = 0
+            else:
+                out[:, :-1].addcmul_(f, c[0])
+            out[:, 1:].addcmul_(f, c[1])
+        else:
+            out.index_add_(1, self.rows, torch.mul(f, c[0], out=scratch))
+            out.index_add_(1, self.rows + 1, torch.mul(f, c[1], out=scratch))
+
+
+def _slot_pairs(C: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(2, R, V) -> per slot r the pair of (V,) rows ``(C[0, r], C[1, r])``."""
+    return list(zip(C[0].unbind(0), C[1].unbind(0), strict=True))
 
 
 @dataclass
@@ -467,19 +560,17 @@ class _BandKernel:
     """Piecewise-linear kernel: nodes grouped by interval ``[c_j, c_{j+1}]``.
 
     ``main`` has exactly one row of ``R`` slots per interval (``R`` = the typical node
-    count, e.g. 4 for M = 4d): its state ``f[j] = A[j] @ (z_j, z_{j+1})`` reads the
-    feature-major input through an overlapping view, and hat j collects intervals
-    j - 1 and j, two consecutive rows of one contiguous buffer, so
-    ``v_j = Qc[j] @ window_j`` with a (2R, N) window: no gathers, no scatters.  The
-    few nodes beyond R per interval (and all nodes of rules with crowded intervals
-    such as Gauss-Legendre) form ``extra`` rows, handled by gathers and index_add.
+    count, e.g. 4 for M = 4d): its interval ends are the input's columns ``[:-1]`` and
+    ``[1:]``, so each slot's state is one op on two slices and its terms are added
+    onto the same two column ranges.  The few nodes beyond R per interval (and the
+    surplus of rules with crowded intervals such as Gauss-Legendre) are ``extra``
+    rows of one slot each, whose ends are gathered (``index_select``) and whose terms
+    are scattered (``index_add_``).
     """
 
     d: int
     R: int
     main: _BandPart | None  # rows = arange(d - 1)
-    Qc: torch.Tensor | None  # (d, 1, 2R) window form of main.Qat
-    Ac: torch.Tensor | None  # (d, 1, 2R) window form of main.A
     extra: _BandPart | None
     out: _OutputMap
     name: str = "band"
@@ -488,33 +579,14 @@ class _BandKernel:
         def cast(x):
             return None if x is None else x.to(**kw)
 
-        return _BandKernel(
-            self.d, self.R, cast(self.main), cast(self.Qc), cast(self.Ac), cast(self.extra),
-            self.out.to(**kw),
-        )
+        return _BandKernel(self.d, self.R, cast(self.main), cast(self.extra), self.out.to(**kw))
 
     def supports(self, sigma_name: str) -> bool:
         return True
 
-
-def _pairs(x: torch.Tensor) -> torch.Tensor:
-    """(d, N) contiguous -> (d - 1, 2, N) view with ``out[j] = x[j : j + 2]``."""
-    return x.unfold(0, 2, 1).transpose(1, 2)
-
-
-def _windows(buf: torch.Tensor, count: int) -> torch.Tensor:
-    """(rows, R, N) contiguous -> (count, 2R, N) view with ``out[t] = buf[t : t + 2]``."""
-    _, R, n = buf.shape
-    return buf.as_strided((count, 2 * R, n), (R * n, n, 1), buf.storage_offset())
-
-
-def _window_coefficients(C: torch.Tensor) -> torch.Tensor:
-    """(J, R, 2) per-interval coefficients -> (J + 1, 1, 2R) per-centre window form."""
-    J, R, _ = C.shape
-    out = torch.zeros(J + 1, 1, 2 * R, dtype=C.dtype)
-    out[1:, 0, :R] = C[:, :, 1]  # interval j - 1 reaches centre j through its right end
-    out[:-1, 0, R:] = C[:, :, 0]  # interval j through its left end
-    return out
+    @property
+    def parts(self) -> list[_BandPart]:
+        return [p for p in (self.main, self.extra) if p is not None]
 
 
 def _band_kernel(
@@ -539,182 +611,145 @@ def _band_kernel(
     J = d - 1
     interval = torch.where(has, first.clamp(max=J - 1), 0)  # nodes seeing no function: 0
     k = torch.arange(M)
-    coef = torch.stack([P[k, interval], P[k, interval + 1]], 1)  # (M, 2)
-    qcoef = w[:, None] * coef
+    coef = torch.stack([P[k, interval], P[k, interval + 1]], 0)  # (2, M)
+    qcoef = w * coef
     if out.scale is not None:  # fold a diagonal K into the output coefficients
-        qcoef = qcoef * torch.stack([out.scale[interval], out.scale[interval + 1]], 1)
+        qcoef = qcoef * torch.stack([out.scale[interval], out.scale[interval + 1]], 0)
         out = _OutputMap()
     counts = torch.bincount(interval, minlength=J)
     order = torch.argsort(interval, stable=True)
     iv = interval[order]
     rank = torch.arange(M) - (torch.cumsum(counts, 0) - counts)[iv]
     # Main rows take the first R = floor(M / J) nodes of every interval (all of them
-    # for uniform rules but a few); nodes beyond go to extra rows of R slots.
+    # for uniform rules but a few); each node beyond is an extra row of one slot (so
+    # no padding: an interval holds at most R + 1 nodes for uniform rules).
     R = M // J
+    if R > BAND_MAX_SLOTS:
+        return None  # the slot loops would cost more than the generic products
+
+    def part(rows: torch.Tensor, row_of: torch.Tensor, slot: torch.Tensor, sel: torch.Tensor,
+             slots: int, identity: bool) -> _BandPart:
+        A = torch.zeros(2, slots, rows.numel(), dtype=P.dtype)
+        Qat = torch.zeros_like(A)
+        A[:, slot, row_of] = coef[:, sel]
+        Qat[:, slot, row_of] = qcoef[:, sel]
+        return _BandPart(rows, A, Qat, identity)
+
     in_main = rank < R
     main = extra = None
     if R > 0:
-        A = torch.zeros(J, R, 2, dtype=P.dtype)
-        Qat = torch.zeros(J, R, 2, dtype=P.dtype)
-        sel = order[in_main]
-        A[iv[in_main], rank[in_main]] = coef[sel]
-        Qat[iv[in_main], rank[in_main]] = qcoef[sel]
-        main = _BandPart(torch.arange(J), A, Qat, True)
+        main = part(torch.arange(J), iv[in_main], rank[in_main], order[in_main], R, True)
     if not bool(in_main.all()):
-        Re = max(R, 1)
-        sel = order[~in_main]
-        e_iv, e_rank = iv[~in_main], rank[~in_main] - R
-        e_counts = torch.bincount(e_iv, minlength=J)
-        per = (e_counts + Re - 1) // Re
-        row_of = (torch.cumsum(per, 0) - per)[e_iv] + e_rank // Re
-        V = int(per.sum())
-        A = torch.zeros(V, Re, 2, dtype=P.dtype)
-        Qat = torch.zeros(V, Re, 2, dtype=P.dtype)
-        A[row_of, e_rank % Re] = coef[sel]
-        Qat[row_of, e_rank % Re] = qcoef[sel]
-        extra = _BandPart(torch.repeat_interleave(torch.arange(J), per), A, Qat, False)
-    kern = _BandKernel(
-        d, R, main,
-        None if main is None else _window_coefficients(main.Qat),
-        None if main is None else _window_coefficients(main.A),
-        extra, out,
-    )
+        E = int((~in_main).sum())
+        extra = part(iv[~in_main], torch.arange(E), torch.zeros(E, dtype=torch.long),
+                     order[~in_main], 1, False)
+    kern = _BandKernel(d, R, main, extra, out)
     # Probe against the dense maps (catches any slip in the layout and the folding).
     gen = torch.Generator().manual_seed(0)
-    zt = torch.randn(d, 3, generator=gen, dtype=P.dtype)
-    gt = torch.randn(d, 3, generator=gen, dtype=P.dtype)
-    y = _band_forward(zt, kern, "tanh", torch.tanh)
-    g = _band_backward(kern, zt, gt, "tanh", torch.tanh)
-    y_ref = (torch.tanh(P @ zt).t() @ Qw).t()
-    g_ref = P.t() @ ((1 - torch.tanh(P @ zt) ** 2) * (Qw @ gt))
-    ok = float((y - y_ref).abs().max()) <= tol * float(Qw.abs().sum(0).max())
-    ok = ok and float((g - g_ref).abs().max()) <= tol * float(
-        (P.abs().t() @ (Qw.abs() @ gt.abs())).max()
-    )
-    return kern if ok else None
+    z = torch.randn(3, d, generator=gen, dtype=P.dtype)
+    gy = torch.randn(3, d, generator=gen, dtype=P.dtype)
+    f = z @ P.t()
+    y_bound = tol * float(((z.abs() @ P.abs().t()) @ Qw.abs()).max())
+    g_bound = tol * float(((gy.abs() @ Qw.abs().t()) @ P.abs()).max())
+    # tanh takes the exact coefficients, ReLU the folded ones (when they exist)
+    for name, y_ref, g_ref in (
+        ("tanh", torch.tanh(f) @ Qw, ((1 - torch.tanh(f) ** 2) * (gy @ Qw.t())) @ P),
+        ("relu", torch.relu(f) @ Qw, ((f > 0) * (gy @ Qw.t())) @ P),
+    ):
+        sigma = NONLINEARITIES[name]
+        y = _band_forward(z, kern, name, sigma)
+        g = _band_backward(kern, z, gy, name, sigma)
+        if float((y - y_ref).abs().max()) > y_bound or float((g - g_ref).abs().max()) > g_bound:
+            return None
+    return kern
 
 
-def _band_sweep(
-    kern: _BandKernel,
-    zt: torch.Tensor,
-    fill: Callable[[_BandPart, torch.Tensor, int, int], None],
-    use_q: bool,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Chunk loop shared by forward and backward.
-
-    ``fill(part, buf, v0, v1)`` writes rows v0..v1 of the padded M-wide tensor (the
-    activated state, or the gradient w.r.t. the state) into ``buf``; the rows are then
-    reduced onto the d centres with the output coefficients (``use_q``) or with P's,
-    into ``out`` (d, N) (new if None).  Chunks go in increasing order of centres and
-    write ``out[c0:c1]`` only after ``fill`` has read intervals up to ``c1``, so
-    ``out`` may be the tensor ``fill`` reads from (the main part's rows), saving one
-    (d, N) buffer.  Chunks hold about ``CHUNK_ELEMENTS`` elements.
-    """
-    n, d, R = zt.shape[1], kern.d, kern.R
-    if out is None:
-        out = zt.new_empty(d, n)
-    if kern.main is not None:
-        # Row t + 1 of buf is interval c0 + t; row 0 keeps the previous chunk's last
-        # interval (zero before the first), so the window of centre c0 + t is buf[t:t+2].
-        Cw = kern.Qc if use_q else kern.Ac
-        step = _chunk(d, R * n)
-        buf = zt.new_empty(min(step, d) + 1, R, n)
-        buf[0].zero_()
-        for c0 in range(0, d, step):
-            c1 = min(c0 + step, d)
-            i1 = min(c1, d - 1)  # the last centre has no interval of its own
-            fill(kern.main, buf[1 : 1 + i1 - c0], c0, i1)
-            if i1 < c1:
-                buf[1 + i1 - c0 : 1 + c1 - c0].zero_()
-            torch.bmm(Cw[c0:c1], _windows(buf, c1 - c0), out=out[c0:c1].unsqueeze(1))
-            buf[0].copy_(buf[c1 - c0])
-    else:
-        out.zero_()
-    part = kern.extra
-    if part is not None:
-        V, Re = part.A.shape[:2]
-        step = _chunk(V, Re * n)
-        buf = zt.new_empty(min(step, V), Re, n)
-        C = part.Qat if use_q else part.A
-        for v0 in range(0, V, step):
-            v1 = min(v0 + step, V)
-            chunk = buf[: v1 - v0]
-            fill(part, chunk, v0, v1)
-            u = torch.bmm(C[v0:v1].transpose(1, 2), chunk)
-            out.index_add_(0, part.rows[v0:v1], u[:, 0])
-            out.index_add_(0, part.rows[v0:v1] + 1, u[:, 1])
-    return out
+def _band_rows(part: _BandPart, n: int, buffers: int) -> int:
+    """Rows per chunk: ``buffers`` (rows, V) buffers hold about ``BAND_CHUNK_ELEMENTS``
+    together."""
+    return max(1, min(n, BAND_CHUNK_ELEMENTS // (buffers * part.A.shape[2])))
 
 
-def _band_rows(
-    part: _BandPart, C: torch.Tensor, pairs: torch.Tensor, v0: int, v1: int, out: torch.Tensor
-) -> None:
-    """``out = C[v0:v1] @ pairs[rows[v0:v1]]``: (rows, R, 2) x (rows, 2, N)."""
-    if part.identity:
-        src = pairs[v0:v1]
-    else:
-        src = pairs.index_select(0, part.rows[v0:v1])
-    torch.bmm(C[v0:v1], src, out=out)
+def _band_buffers(part: _BandPart, z: torch.Tensor, count: int) -> tuple[int, list, torch.Tensor | None]:
+    """Rows per chunk, ``count`` (rows, V) work buffers, and the scratch of extra rows."""
+    step = _band_rows(part, z.shape[0], count + (not part.identity))
+    bufs = [z.new_empty(step, part.A.shape[2]) for _ in range(count)]
+    return step, bufs, None if part.identity else z.new_empty(step, part.A.shape[2])
 
 
 def _band_forward(
-    zt: torch.Tensor, kern: _BandKernel, sigma_name: str, sigma: Nonlinearity
+    z: torch.Tensor, kern: _BandKernel, sigma_name: str, sigma: Nonlinearity
 ) -> torch.Tensor:
-    """Feature-major (d, N) contiguous -> (d, N)."""
-    zp = _pairs(zt)
-
-    def fill(part: _BandPart, buf: torch.Tensor, v0: int, v1: int) -> None:
-        _band_rows(part, part.A, zp, v0, v1, buf)
-        if sigma_name == "relu":
-            buf.relu_()
-        else:
-            buf.copy_(sigma(buf))
-
-    return kern.out.forward_t(_band_sweep(kern, zt, fill, use_q=True))
+    """Batch-major (N, d) contiguous -> (N, d), each part in chunks of rows."""
+    n = z.shape[0]
+    y = z.new_empty(n, kern.d)
+    if kern.main is None:
+        y.zero_()
+    for part in kern.parts:  # main first: it writes every column
+        folded = part.folded and sigma_name in _HOMOGENEOUS
+        step, (buf,), scratch = _band_buffers(part, z, 1)
+        for i0 in range(0, n, step):
+            zc = z[i0 : i0 + step]
+            rows = zc.shape[0]
+            ends, f, s = part.ends(zc), buf[:rows], None if scratch is None else scratch[:rows]
+            for r in range(part.R):
+                if folded:  # sigma(state / norm), summed with Qat * norm
+                    part.interpolate(ends, part.rho[r], f)
+                else:
+                    part.expand(ends, part.a[r], f)
+                coef = part.qf[r] if folded else part.q[r]
+                part.accumulate(r, _apply_sigma(sigma_name, sigma, f), coef, y[i0 : i0 + step], s)
+    if kern.out.fwd is not None or kern.out.scale is not None:
+        step = max(1, min(n, BAND_CHUNK_ELEMENTS // kern.d))
+        for i0 in range(0, n, step):
+            kern.out.forward(y[i0 : i0 + step])
+    return y
 
 
 def _band_backward(
-    kern: _BandKernel, zt: torch.Tensor, gyt: torch.Tensor, sigma_name: str, sigma: Nonlinearity
+    kern: _BandKernel, z: torch.Tensor, gy: torch.Tensor, sigma_name: str, sigma: Nonlinearity
 ) -> torch.Tensor:
-    """Gradient (d, N) w.r.t. the feature-major input; ``gyt`` (d, N) may be strided."""
-    gv = kern.out.backward_t(gyt)  # a new tensor: the sweep overwrites it with the result
-    zp, gp = _pairs(zt), _pairs(gv)
-    # The extra rows run after the main sweep has overwritten gv: gather their pairs first
-    # (a few rows for uniform rules).
-    extra_gp = None if kern.extra is None else gp.index_select(0, kern.extra.rows)
-    n = zt.shape[1]
-    scratch: dict[int, torch.Tensor] = {}
-
-    def fill(part: _BandPart, buf: torch.Tensor, v0: int, v1: int) -> None:
-        src = gp[v0:v1] if part is kern.main else extra_gp[v0:v1]
-        torch.bmm(part.Qat[v0:v1], src, out=buf)  # gradient w.r.t. sigma(f)
-        key = id(part)
-        if key not in scratch:
-            scratch[key] = zt.new_empty(buf.shape[0], part.A.shape[1], n)
-        f = scratch[key][: buf.shape[0]]
-        _band_rows(part, part.A, zp, v0, v1, f)  # the state, recomputed
-        grad_f = _sigma_backward(sigma_name, sigma, f, buf)
-        if grad_f is not buf:
-            buf.copy_(grad_f)
-
-    return _band_sweep(kern, zt, fill, use_q=False, out=gv)
+    """Gradient (N, d) w.r.t. the batch-major input; ``gy`` (N, d) may be strided."""
+    n = z.shape[0]
+    gv = kern.out.backward(gy)
+    gz = z.new_empty(n, kern.d)
+    if kern.main is None:
+        gz.zero_()
+    for part in kern.parts:
+        folded = part.folded and sigma_name in _HOMOGENEOUS
+        step, (fbuf, gbuf), scratch = _band_buffers(part, z, 2)
+        for i0 in range(0, n, step):
+            zc = z[i0 : i0 + step]
+            rows = zc.shape[0]
+            zends, gends = part.ends(zc), part.ends(gv[i0 : i0 + step])
+            f, g, s = fbuf[:rows], gbuf[:rows], None if scratch is None else scratch[:rows]
+            for r in range(part.R):
+                if folded:  # the gradient w.r.t. sigma(f) / qn and the state / norm
+                    part.interpolate(gends, part.kappa[r], g)
+                    part.interpolate(zends, part.rho[r], f)
+                else:
+                    part.expand(gends, part.q[r], g)
+                    part.expand(zends, part.a[r], f)  # the state, recomputed
+                coef = part.af[r] if folded else part.a[r]
+                grad_f = _sigma_backward(sigma_name, sigma, f, g)
+                part.accumulate(r, grad_f, coef, gz[i0 : i0 + step], s)
+    return gz
 
 
 class _BandIAT(torch.autograd.Function):
-    """Band kernel; saves only the (d, N) input and recomputes the state in backward."""
+    """Band kernel; saves only the (N, d) input and recomputes the state in backward."""
 
     @staticmethod
-    def forward(ctx, zt, kern, sigma_name, sigma):  # type: ignore[override]
-        ctx.save_for_backward(zt)
+    def forward(ctx, z, kern, sigma_name, sigma):  # type: ignore[override]
+        ctx.save_for_backward(z)
         ctx.kern, ctx.sigma_name, ctx.sigma = kern, sigma_name, sigma
-        return _band_forward(zt, kern, sigma_name, sigma)
+        return _band_forward(z, kern, sigma_name, sigma)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gyt):  # type: ignore[override]
-        (zt,) = ctx.saved_tensors
-        return _band_backward(ctx.kern, zt, gyt, ctx.sigma_name, ctx.sigma), None, None, None
+    def backward(ctx, gy):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return _band_backward(ctx.kern, z, gy, ctx.sigma_name, ctx.sigma), None, None, None
 
 
 # --------------------------------------------------------------------------------------
@@ -1012,14 +1047,15 @@ def iat_fast(
     grad = torch.is_grad_enabled() and z.requires_grad
     if isinstance(kern, _SelectKernel):
         return _select_forward(z, kern, sigma)
-    if isinstance(kern, _FourierKernel) and z.numel() > 0:  # batch-major
+    if isinstance(kern, (_FourierKernel, _BandKernel)) and z.numel() > 0:  # batch-major
         z2 = z.reshape(-1, d).contiguous()
-        fn = _FourierIAT.apply if grad else _fourier_forward
+        if isinstance(kern, _FourierKernel):
+            fn = _FourierIAT.apply if grad else _fourier_forward
+        else:
+            fn = _BandIAT.apply if grad else _band_forward
         return fn(z2, kern, sigma_name, sigma).reshape(*lead, m)
-    zt = z.reshape(-1, d).t().contiguous()  # (d, N): the band and generic paths are feature-major
-    if isinstance(kern, _BandKernel) and z.numel() > 0:
-        yt = (_BandIAT.apply if grad else _band_forward)(zt, kern, sigma_name, sigma)
-    elif grad:
+    zt = z.reshape(-1, d).t().contiguous()  # (d, N): the generic path is feature-major
+    if grad:
         yt = _IATRecompute.apply(zt, ops, sigma_name, sigma)
     else:
         yt = _forward_t(ops, zt, sigma)
