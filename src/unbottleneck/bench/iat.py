@@ -75,8 +75,9 @@ def run(quick: bool = False, repeats: int = 5, progress: bool = True) -> dict:
         notes += case_notes
     notes += [
         "Production path = IAT(...) with implementation='auto' (the kernel it runs is in "
-        "brackets: select = element-wise, band = banded batched products, fourier = real "
-        "FFTs, dense = the reference matmuls, chosen below the size thresholds).",
+        "brackets: select = element-wise, band = per-slot element-wise interpolation and "
+        "accumulation, fourier = real FFTs, dense = the reference matmuls, chosen below "
+        "the size thresholds).",
         "q='dual' of the piecewise-linear basis is dense (the dual of a tridiagonal Gram "
         "matrix); the band kernel applies it as a tridiagonal solve by two log-depth scans, "
         "which costs a few passes over (N, d). Any invertible recombination of q is absorbed "
