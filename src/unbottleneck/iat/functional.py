@@ -174,9 +174,11 @@ def _apply_sigma(sigma_name: str, sigma: Nonlinearity, f: torch.Tensor) -> torch
     return f.relu_() if sigma_name == "relu" else sigma(f)
 
 
-def _chunk(total: int, per_item: int) -> int:
-    """How many of ``total`` items (``per_item`` elements each) one chunk takes."""
-    return max(1, min(total, CHUNK_ELEMENTS // max(per_item, 1)))
+def _chunk(total: int, per_item: int, budget: int | None = None) -> int:
+    """How many of ``total`` items (``per_item`` elements each) one chunk of ``budget``
+    elements (default ``CHUNK_ELEMENTS``) takes."""
+    budget = CHUNK_ELEMENTS if budget is None else budget
+    return max(1, min(total, budget // max(per_item, 1)))
 
 
 # --------------------------------------------------------------------------------------
@@ -664,17 +666,13 @@ def _band_kernel(
     return kern
 
 
-def _band_rows(part: _BandPart, n: int, buffers: int) -> int:
-    """Rows per chunk: ``buffers`` (rows, V) buffers hold about ``BAND_CHUNK_ELEMENTS``
-    together."""
-    return max(1, min(n, BAND_CHUNK_ELEMENTS // (buffers * part.A.shape[2])))
-
-
 def _band_buffers(part: _BandPart, z: torch.Tensor, count: int) -> tuple[int, list, torch.Tensor | None]:
-    """Rows per chunk, ``count`` (rows, V) work buffers, and the scratch of extra rows."""
-    step = _band_rows(part, z.shape[0], count + (not part.identity))
-    bufs = [z.new_empty(step, part.A.shape[2]) for _ in range(count)]
-    return step, bufs, None if part.identity else z.new_empty(step, part.A.shape[2])
+    """Rows per chunk, ``count`` (rows, V) work buffers, and the scratch of extra rows;
+    all of them together hold about ``BAND_CHUNK_ELEMENTS``."""
+    V = part.A.shape[2]
+    step = _chunk(z.shape[0], (count + (not part.identity)) * V, BAND_CHUNK_ELEMENTS)
+    bufs = [z.new_empty(step, V) for _ in range(count)]
+    return step, bufs, None if part.identity else z.new_empty(step, V)
 
 
 def _band_forward(
@@ -699,8 +697,8 @@ def _band_forward(
                     part.expand(ends, part.a[r], f)
                 coef = part.qf[r] if folded else part.q[r]
                 part.accumulate(r, _apply_sigma(sigma_name, sigma, f), coef, y[i0 : i0 + step], s)
-    if kern.out.fwd is not None or kern.out.scale is not None:
-        step = max(1, min(n, BAND_CHUNK_ELEMENTS // kern.d))
+    if kern.out.kind != "identity":
+        step = _chunk(n, kern.d, BAND_CHUNK_ELEMENTS)
         for i0 in range(0, n, step):
             kern.out.forward(y[i0 : i0 + step])
     return y
@@ -734,22 +732,6 @@ def _band_backward(
                 grad_f = _sigma_backward(sigma_name, sigma, f, g)
                 part.accumulate(r, grad_f, coef, gz[i0 : i0 + step], s)
     return gz
-
-
-class _BandIAT(torch.autograd.Function):
-    """Band kernel; saves only the (N, d) input and recomputes the state in backward."""
-
-    @staticmethod
-    def forward(ctx, z, kern, sigma_name, sigma):  # type: ignore[override]
-        ctx.save_for_backward(z)
-        ctx.kern, ctx.sigma_name, ctx.sigma = kern, sigma_name, sigma
-        return _band_forward(z, kern, sigma_name, sigma)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gy):  # type: ignore[override]
-        (z,) = ctx.saved_tensors
-        return _band_backward(ctx.kern, z, gy, ctx.sigma_name, ctx.sigma), None, None, None
 
 
 # --------------------------------------------------------------------------------------
@@ -854,31 +836,45 @@ def _fourier_forward(
     return y.mul_(kern.out_scale)
 
 
-class _FourierIAT(torch.autograd.Function):
-    """Fourier kernel; saves only the input and recomputes the state in backward."""
+def _fourier_backward(
+    kern: _FourierKernel, z: torch.Tensor, gy: torch.Tensor, sigma_name: str, sigma: Nonlinearity
+) -> torch.Tensor:
+    """Gradient (N, d) w.r.t. the batch-major input, the state recomputed chunk by chunk."""
+    # gz overwrites gs chunk by chunk: each chunk of gs is read before it is written.
+    gz = gs = gy * kern.out_scale
+    n = z.shape[0]
+    step = _chunk(n, 3 * kern.M)
+    spec = kern.spectrum(min(step, n), z)
+    for i0 in range(0, n, step):
+        grad_r = kern.synthesis(gs[i0 : i0 + step], spec)
+        f = kern.synthesis(z[i0 : i0 + step], spec)  # recomputed state
+        grad_f = _sigma_backward(sigma_name, sigma, f, grad_r)
+        kern.analysis(grad_f, gz[i0 : i0 + step])
+    return gz
+
+
+# The batch-major kernels' (forward, backward) pairs, for _RowwiseIAT and iat_fast.
+_ROWWISE = {
+    _BandKernel: (_band_forward, _band_backward),
+    _FourierKernel: (_fourier_forward, _fourier_backward),
+}
+
+
+class _RowwiseIAT(torch.autograd.Function):
+    """Band and Fourier kernels: save only the (N, d) input, recompute the state in backward."""
 
     @staticmethod
     def forward(ctx, z, kern, sigma_name, sigma):  # type: ignore[override]
         ctx.save_for_backward(z)
         ctx.kern, ctx.sigma_name, ctx.sigma = kern, sigma_name, sigma
-        return _fourier_forward(z, kern, sigma_name, sigma)
+        return _ROWWISE[type(kern)][0](z, kern, sigma_name, sigma)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):  # type: ignore[override]
         (z,) = ctx.saved_tensors
-        kern: _FourierKernel = ctx.kern
-        # gz overwrites gs chunk by chunk: each chunk of gs is read before it is written.
-        gz = gs = gy * kern.out_scale
-        n = z.shape[0]
-        step = _chunk(n, 3 * kern.M)
-        spec = kern.spectrum(min(step, n), z)
-        for i0 in range(0, n, step):
-            grad_r = kern.synthesis(gs[i0 : i0 + step], spec)
-            f = kern.synthesis(z[i0 : i0 + step], spec)  # recomputed state
-            grad_f = _sigma_backward(ctx.sigma_name, ctx.sigma, f, grad_r)
-            kern.analysis(grad_f, gz[i0 : i0 + step])
-        return gz, None, None, None
+        backward = _ROWWISE[type(ctx.kern)][1]
+        return backward(ctx.kern, z, gy, ctx.sigma_name, ctx.sigma), None, None, None
 
 
 # --------------------------------------------------------------------------------------
@@ -1047,12 +1043,9 @@ def iat_fast(
     grad = torch.is_grad_enabled() and z.requires_grad
     if isinstance(kern, _SelectKernel):
         return _select_forward(z, kern, sigma)
-    if isinstance(kern, (_FourierKernel, _BandKernel)) and z.numel() > 0:  # batch-major
+    if type(kern) in _ROWWISE and z.numel() > 0:  # batch-major
         z2 = z.reshape(-1, d).contiguous()
-        if isinstance(kern, _FourierKernel):
-            fn = _FourierIAT.apply if grad else _fourier_forward
-        else:
-            fn = _BandIAT.apply if grad else _band_forward
+        fn = _RowwiseIAT.apply if grad else _ROWWISE[type(kern)][0]
         return fn(z2, kern, sigma_name, sigma).reshape(*lead, m)
     zt = z.reshape(-1, d).t().contiguous()  # (d, N): the generic path is feature-major
     if grad:
