@@ -230,3 +230,34 @@ def test_bad_inputs():
         layer(torch.ones(3, 5, dtype=torch.long))
     with pytest.raises(TypeError, match="torch.Tensor"):
         layer([[0.0] * 5])
+
+
+# -- the seed's bias-free policy pi = P x --------------------------------------------------------
+
+def test_bias_free_policy_is_exactly_p_x_and_starts_near_zero():
+    torch.manual_seed(0)
+    layer = AdaptiveLinear(784, 64, policy="sva", policy_bias=False, dtype=D)
+    proj = layer.policy_net.proj
+    assert proj.bias is None and "policy_net.proj.bias" not in dict(layer.named_parameters())
+    x = torch.rand(256, 784, dtype=D)
+    pi = layer.policy_net(x)
+    assert torch.equal(pi, x @ proj.weight.t())  # the exact formula, no offset
+    # starter init: truncated normal, std 1/sqrt(fan_in), cut at 2 std
+    w = proj.weight
+    assert w.abs().max() <= 2.0 / 784**0.5 + 1e-12
+    assert 0.7 / 784**0.5 < float(w.std()) < 1.0 / 784**0.5
+    # pi starts near 0 (not at the static map's 1): |mean| small against 1
+    assert abs(float(pi.mean())) < 0.1 and float(pi.abs().mean()) < 0.5
+    y = layer(x)
+    assert torch.allclose(y, hand_written(layer, x, x))
+    with_bias = AdaptiveLinear(784, 64, policy="sva", dtype=D)
+    assert float(with_bias.policy_net(x).mean()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_bias_free_policy_refused_where_undefined():
+    with pytest.raises(ValueError, match="policy_net='linear'"):
+        AdaptiveLinear(4, 3, policy_net="tanh", policy_bias=False)
+    with pytest.raises(ValueError, match="policy_net='linear'"):
+        AdaptiveLinear(4, 3, policy_net="mlp", policy_bias=False)
+    with pytest.raises(ValueError, match="unbounded"):
+        LinearPolicy(4, 3, bounded=True, bias=False)

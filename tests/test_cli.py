@@ -19,6 +19,8 @@ TINY = {
                          "variants=sigmoid,sva-sigmoid,ioa-none"],
     "lm": ["preset=ptb-awd-lstm", "epochs=1", "max_batches=2", "eval_tokens=200", "bptt=8"],
     "lm-robustness": ["samples=2", "max_batches=2", "eval_tokens=200"],
+    "lm-compare": ["models=ptb-small-alstm,ptb-small-lstm", "epochs=2", "eval_tokens=200"],
+    "lm-stability": ["updates=2", "bptt=12"],
 }
 
 

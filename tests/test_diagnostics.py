@@ -182,3 +182,20 @@ def test_plot_histograms(tmp_path):
     assert (tmp_path / "h.png").stat().st_size > 0
     with pytest.raises(ValueError, match="at least one sample"):
         plot_histograms({})
+
+
+def test_spread_statistics_on_a_hand_made_sample():
+    from unbottleneck.diagnostics.effect import spread
+
+    # sorted: -4, 0, 1, 2, 3, 100 -> median 1 (lower median of 1, 2 as torch.median takes)
+    v = torch.tensor([3.0, -4.0, 100.0, 0.0, 2.0, 1.0], dtype=D)
+    s = spread(v)
+    # quartiles by linear interpolation: positions 1.25 and 3.75 -> 0.25 and 2.75
+    assert s["iqr"] == pytest.approx(2.75 - 0.25)
+    # |v - 1| = 2, 5, 99, 1, 1, 0 -> sorted 0, 1, 1, 2, 5, 99 -> lower median 1
+    assert s["mad"] == pytest.approx(1.0)
+    assert s["std"] == pytest.approx(float(v.std(unbiased=False)))
+    # one outlier moves the std, hardly the robust two
+    assert s["std"] > 10 * s["iqr"]
+    full = summarize(v)
+    assert full["iqr"] == s["iqr"] and full["mad"] == s["mad"]

@@ -17,6 +17,7 @@ TINY = {
     "multimodal": ["steps=30", "eval_every=10", "n_train=100", "n_test=51", "models=static-2,sva-2"],
     "mnist-bottleneck": ["n_train=300", "diag_samples=100", "hidden=8", "variants=sigmoid,sva-sigmoid"],
 }
+TINY_MNIST = ["n_train=300", "diag_samples=100", "hidden=8", "variants=sigmoid,sva-sigmoid", "epochs=1"]
 
 
 @pytest.fixture
@@ -29,12 +30,12 @@ def offline(monkeypatch):
 
 def test_reproduce_tiny_writes_verdicts_and_skips_missing_data(tmp_path, offline):
     summary = run_reproduce(quick=True, out_dir=tmp_path, data_dir=str(tmp_path / "no-data"),
-                            progress=False, only=["iat-memorize", "multimodal", "mnist-bottleneck"],
+                            progress=False, only=["iat-memorize", "multimodal", "mnist-seed"],
                             overrides=TINY, command="test")
     exps = summary["experiments"]
     assert exps["iat-memorize"]["status"] == "ok" and exps["multimodal"]["status"] == "ok"
-    assert exps["mnist-bottleneck"]["status"] == "skipped"
-    assert "mnist" in exps["mnist-bottleneck"]["detail"] and "--data-dir" in exps["mnist-bottleneck"]["detail"]
+    assert exps["mnist-seed"]["status"] == "skipped"
+    assert "mnist" in exps["mnist-seed"]["detail"] and "--data-dir" in exps["mnist-seed"]["detail"]
     by_id = {c["id"]: c for c in summary["claims"]}
     assert set(by_id) == {c.id for c in CLAIMS}
     assert by_id["iat-memorize"]["verdict"] in ("met", "not met")
@@ -44,7 +45,7 @@ def test_reproduce_tiny_writes_verdicts_and_skips_missing_data(tmp_path, offline
 
     report = (tmp_path / "report.md").read_text()
     assert "| area | seed claim | criterion | measured | verdict |" in report
-    assert "mnist-bottleneck | skipped" in report
+    assert "mnist-seed | skipped" in report
     assert "![train accuracy](iat-memorize/train_accuracy.png)" not in report  # links are relinked:
     assert "](iat-memorize/train_accuracy.png)" in report
     html = (tmp_path / "report.html").read_text()

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only these experiments of the plan")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     rep.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    rep.add_argument("--resume", action="store_true",
+                     help="reuse steps that finished with the same config, continue interrupted ones")
 
     bench = sub.add_parser(
         "bench", help="speed and memory benchmarks, as ratios to baselines measured in the same run",
@@ -92,20 +94,31 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or str(default_out_dir("reproduce", args.quick))
     try:
         summary = run_reproduce(quick=args.quick, out_dir=out, data_dir=args.data_dir,
-                                progress=not args.no_progress, only=only, command=_command(argv))
+                                progress=not args.no_progress, only=only, command=_command(argv),
+                                resume=args.resume)
     except KeyError as exc:
         print(f"unbottleneck: error: {exc.args[0]}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:  # a step's training loop stopped on a signal
-        print(f"unbottleneck: {exc}", file=sys.stderr)
+        resume = [a for a in argv if a != "--resume"] + ([] if args.out else ["--out", out])
+        print(f"unbottleneck: {exc}\nthe report covers the finished steps; continue with: "
+              f"{_command([*resume, '--resume'])}", file=sys.stderr)
         return exc.exit_code
     verdicts = [c["verdict"] for c in summary["claims"]]
-    failed = [n for n, e in summary["experiments"].items() if e["status"] == "failed"]
+    steps = summary["experiments"]
+    for name, e in steps.items():
+        if e["status"] == "skipped":
+            print(f"reproduce: skipped {name}: {e['detail']}", file=sys.stderr)
+    if steps and all(e["status"] == "skipped" for e in steps.values()):
+        print("unbottleneck: error: every step was skipped (reasons above); nothing was measured",
+              file=sys.stderr)
+        return 2
+    failed = [n for n, e in steps.items() if e["status"] == "failed"]
     print(f"reproduce: {verdicts.count('met')} met, {verdicts.count('not met')} not met, "
-          f"{verdicts.count('not run')} not run; report: {os.path.join(out, 'report.html')}")
+          f"{verdicts.count('undecided')} undecided, {verdicts.count('not run')} not run; "
+          f"report: {os.path.join(out, 'report.html')}")
     for name in failed:
-        print(f"unbottleneck: error: experiment {name} failed: "
-              f"{summary['experiments'][name]['detail']}", file=sys.stderr)
+        print(f"unbottleneck: error: experiment {name} failed: {steps[name]['detail']}", file=sys.stderr)
     return 1 if failed else 0
 
 

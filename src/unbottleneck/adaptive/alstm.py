@@ -66,6 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validate import choice, positive_int, probability
+from .alstm_original import POLICY_LAYOUTS, convert_original_state_dict, policy_index, policy_slices
 
 IMPLEMENTATIONS = ("auto", "fused", "reference")
 WEIGHT_INITS = ("orthogonal_per_gate", "orthogonal")
@@ -119,6 +120,9 @@ class ALSTMCell(nn.Module):
         weight_init: ``"orthogonal_per_gate"`` (default) or ``"orthogonal"`` (whole
             matrix), for ``weight_ih`` (W) and ``weight_hh`` (V); see the module doc.
         policy_init: ``"lstm"`` (default), ``"zero_mean"`` or ``"torch"``; see the module doc.
+        policy_layout: ``"contiguous"`` (default: ``pi_x, pi_h, pi_u, pi_v, pi_b`` are
+            consecutive slices of ``pi``) or ``"original"`` (the slices the published code
+            takes as it runs; :mod:`~unbottleneck.adaptive.alstm_original`).
 
     Parameters:
         adapt: ``nn.LSTMCell(n + H + K, K)``, the adaptation model (input order x, h, z_below).
@@ -136,11 +140,13 @@ class ALSTMCell(nn.Module):
         *,
         weight_init: str = "orthogonal_per_gate",
         policy_init: str = "lstm",
+        policy_layout: str = "contiguous",
     ) -> None:
         super().__init__()
         n = positive_int("input_size", input_size)
         H = positive_int("hidden_size", hidden_size)
         K = positive_int("adapt_size", adapt_size)
+        self.policy_layout = choice("policy_layout", policy_layout, POLICY_LAYOUTS)
         self.weight_init = choice("weight_init", weight_init, WEIGHT_INITS)
         self.policy_init = choice("policy_init", policy_init, POLICY_INITS)
         factory = {"device": device, "dtype": dtype}
@@ -157,6 +163,24 @@ class ALSTMCell(nn.Module):
         """Sizes of ``pi_x, pi_h, pi_u, pi_v, pi_b`` in the policy output."""
         n, H = self.input_size, self.hidden_size
         return (n, H, 4 * H, 4 * H, 4 * H)
+
+    def split_policy(self, pi: Tensor) -> tuple[Tensor, ...]:
+        """(..., n + 13H) -> ``pi_x, pi_h, pi_u, pi_v, pi_b`` as the layout slices them."""
+        return tuple(pi.narrow(-1, start, size)
+                     for start, size in policy_slices(self.input_size, self.hidden_size, self.policy_layout))
+
+    def policy_weight(self) -> Tensor:
+        """(n + 13H, K) rows of Pi whose ``tanh(. z)`` is ``[pi_x ; pi_h ; pi_u ; pi_v ; pi_b]``.
+
+        ``Pi`` itself for the contiguous layout; for the original one a gather of its rows
+        (differentiable: overlapping slices add their gradients), which lets the fused path
+        run either layout unchanged.
+        """
+        w = self.policy.weight
+        if self.policy_layout == "contiguous":
+            return w
+        return w.index_select(0, policy_index(self.input_size, self.hidden_size, self.policy_layout,
+                                              device=w.device))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -238,7 +262,7 @@ class ALSTMCell(nn.Module):
             pi_u = pi_v = pi_b = 1.0
         else:
             pi = torch.tanh(self.policy(z_h))
-            pi_x, pi_h, pi_u, pi_v, pi_b = torch.split(pi, self.policy_sizes, dim=-1)
+            pi_x, pi_h, pi_u, pi_v, pi_b = self.split_policy(pi)
         a = (
             pi_u * nn.functional.linear(pi_x * x, self.weight_ih)
             + pi_v * nn.functional.linear(pi_h * state.h, self.weight_hh)
@@ -255,7 +279,7 @@ class ALSTMCell(nn.Module):
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"adapt_size={self.adapt_size}, weight_init={self.weight_init}, "
-            f"policy_init={self.policy_init}"
+            f"policy_init={self.policy_init}, policy_layout={self.policy_layout}"
         )
 
 
@@ -273,7 +297,8 @@ class ALSTM(nn.Module):
         batch_first: input and output are (B, T, features) instead of (T, B, features).
         implementation: ``"auto"`` (fused, reference under ``torch.compile``),
             ``"fused"`` or ``"reference"``.
-        weight_init, policy_init: passed to every :class:`ALSTMCell`.
+        weight_init, policy_init, policy_layout: passed to every :class:`ALSTMCell`
+            (``policy_layout="original"``: the published code's as-run policy split).
 
     Shape:
         x: (T, B, input_size) (``(B, T, input_size)`` if ``batch_first``) or unbatched
@@ -298,12 +323,14 @@ class ALSTM(nn.Module):
         *,
         weight_init: str = "orthogonal_per_gate",
         policy_init: str = "lstm",
+        policy_layout: str = "contiguous",
     ) -> None:
         super().__init__()
         n = positive_int("input_size", input_size)
         H = positive_int("hidden_size", hidden_size)
         K = positive_int("adapt_size", adapt_size)
         L = positive_int("num_layers", num_layers)
+        self.policy_layout = choice("policy_layout", policy_layout, POLICY_LAYOUTS)
         out = H if output_size is None else positive_int("output_size", output_size)
         self.input_size, self.hidden_size, self.adapt_size = n, H, K
         self.num_layers, self.output_size = L, out
@@ -317,7 +344,7 @@ class ALSTM(nn.Module):
         inputs = [n] + hidden[:-1]
         self.layers = nn.ModuleList(
             ALSTMCell(i, h, K, device=device, dtype=dtype, weight_init=weight_init,
-                      policy_init=policy_init)
+                      policy_init=policy_init, policy_layout=policy_layout)
             for i, h in zip(inputs, hidden, strict=True)
         )
 
@@ -330,6 +357,18 @@ class ALSTM(nn.Module):
     def reset_parameters(self) -> None:
         for cell in self.layers:
             cell.reset_parameters()
+
+    def load_original_state_dict(self, state_dict: dict[str, Tensor], prefix: str | None = None) -> None:
+        """Load weights saved by the published aLSTM code (its ``aLSTM`` module's names).
+
+        The module must be built with ``policy_layout="original"``: those weights were
+        trained with the as-run policy split, and under the contiguous split they would
+        compute a different function.  See :mod:`~unbottleneck.adaptive.alstm_original`.
+        """
+        if self.policy_layout != "original":
+            raise ValueError("weights from the published aLSTM code were trained with its as-run "
+                             "policy split; build ALSTM(..., policy_layout='original') to load them")
+        self.load_state_dict(convert_original_state_dict(state_dict, self.num_layers, prefix))
 
     # -- state and masks ----------------------------------------------------------------
     def init_state(self, batch_size: int | None) -> ALSTMState:
@@ -484,6 +523,8 @@ class ALSTM(nn.Module):
             s += f", dropout_hidden={self.dropout_hidden}, dropout_adapt={self.dropout_adapt}"
         if self.batch_first:
             s += ", batch_first=True"
+        if self.policy_layout != "contiguous":
+            s += f", policy_layout={self.policy_layout}"
         return s + f", implementation={self.implementation}"
 
 

@@ -371,7 +371,7 @@ class _Saved:
 
 def _layer_params(cell) -> list[Tensor]:
     a = cell.adapt
-    return [a.weight_ih, a.weight_hh, a.bias_ih, a.bias_hh, cell.policy.weight,
+    return [a.weight_ih, a.weight_hh, a.bias_ih, a.bias_hh, cell.policy_weight(),
             cell.weight_ih, cell.weight_hh, cell.bias]
 
 

@@ -49,6 +49,9 @@ class AdaptiveLinear(nn.Module):
         policy_hidden: hidden width of the ``"mlp"`` policy.
         policy_init_scale: std (times ``1/sqrt(fan_in)``) of the policy's last
             weights at init; the built-in policies start at ``pi = 1`` plus this noise.
+        policy_bias: ``False`` gives the seed's bias-free ``pi(c) = P c`` (``policy_net=
+            "linear"`` only; ``P`` truncated normal with std ``1/sqrt(fan_in)``, so ``pi``
+            starts near 0 rather than at the static map).
         init: ``"orthogonal"`` (reference: orthogonal W, or W1 and W2, zero bias) or
             ``"torch"`` (``nn.Linear``'s default).
 
@@ -69,6 +72,7 @@ class AdaptiveLinear(nn.Module):
         context_features: int | None = None,
         policy_hidden: int = 32,
         policy_init_scale: float = 0.1,
+        policy_bias: bool = True,
         init: str = "orthogonal",
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
@@ -104,7 +108,7 @@ class AdaptiveLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(m, **factory)) if bias else None
         self.policy_net = build_policy(
             policy_net, c, self.policy_size, hidden=policy_hidden,
-            init_scale=policy_init_scale, **factory,
+            init_scale=policy_init_scale, bias=policy_bias, **factory,
         )
         self.reset_parameters()
 

@@ -5,10 +5,14 @@ An adaptive layer multiplies parts of a static linear map element-wise by
 non-linearity comes from (besides any activation after it), so its form is a
 design choice exposed to the user:
 
-* ``"linear"``: ``pi(c) = P c + b``, the reference SVA policy.  ``P`` starts
-  small (``N(0, init_scale^2 / fan_in)``) and ``b = 1``, so the layer starts close
+* ``"linear"``: ``pi(c) = P c + b``.  ``P`` starts small
+  (``N(0, init_scale^2 / fan_in)``) and ``b = 1``, so the layer starts close
   to its static map and learns how far to move from it.  With no activation
   after it the layer is then bilinear in ``x`` and ``c``.
+* ``"linear"`` with ``bias=False``: the seed's ``pi(c) = P c`` exactly, no bias,
+  ``P`` drawn as the TensorFlow starter draws weights (truncated normal, std
+  ``1/sqrt(fan_in)``, cut at two std).  ``pi`` then starts near 0, not at 1: the
+  layer does not start at its static map.
 * ``"tanh"``: ``pi(c) = 1 + tanh(P c + b)`` with ``b = 0``: bounded in (0, 2) and
   equal to 1 at init, for training that must not blow up the weights.
 * ``"mlp"``: ``pi(c) = 1 + L2(tanh(L1 c))``, a one-hidden-layer MLP whose last
@@ -29,6 +33,9 @@ POLICY_NETS = ("linear", "tanh", "mlp")
 class LinearPolicy(nn.Module):
     """``pi(c) = P c + b`` (``bounded=False``) or ``1 + tanh(P c + b)`` (``bounded=True``).
 
+    ``bias=False`` (unbounded only) is the seed's ``pi(c) = P c`` with ``P`` ~ truncated
+    normal, std ``1/sqrt(fan_in)`` (``init_scale`` is then not used).
+
     Shape: (..., context_features) -> (..., size)
     """
 
@@ -38,11 +45,15 @@ class LinearPolicy(nn.Module):
         size: int,
         bounded: bool = False,
         init_scale: float = 0.1,
+        bias: bool = True,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.proj = nn.Linear(context_features, size, device=device, dtype=dtype)
+        if bounded and not bias:
+            raise ValueError("policy_bias=False is only defined for the unbounded linear policy "
+                             "(pi = P c); the tanh policy needs its bias")
+        self.proj = nn.Linear(context_features, size, bias=bias, device=device, dtype=dtype)
         self.bounded = bounded
         self.init_scale = init_scale
         self.reset_parameters()
@@ -50,7 +61,11 @@ class LinearPolicy(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         fan_in = self.proj.in_features
-        nn.init.normal_(self.proj.weight, std=self.init_scale / math.sqrt(fan_in))
+        std = 1.0 / math.sqrt(fan_in)
+        if self.proj.bias is None:  # the seed's pi = P c: starter-code truncated normal
+            nn.init.trunc_normal_(self.proj.weight, std=std, a=-2.0 * std, b=2.0 * std)
+            return
+        nn.init.normal_(self.proj.weight, std=self.init_scale * std)
         # Start at pi = 1 (the static layer) in both forms.
         self.proj.bias.fill_(0.0 if self.bounded else 1.0)
 
@@ -59,7 +74,7 @@ class LinearPolicy(nn.Module):
         return 1.0 + torch.tanh(u) if self.bounded else u
 
     def extra_repr(self) -> str:
-        return f"bounded={self.bounded}"
+        return f"bounded={self.bounded}, bias={self.proj.bias is not None}"
 
 
 class MLPPolicy(nn.Module):
@@ -99,10 +114,17 @@ def build_policy(
     size: int,
     hidden: int = 32,
     init_scale: float = 0.1,
+    bias: bool = True,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """Policy module by name (``"linear"``, ``"tanh"``, ``"mlp"``) or a user module."""
+    """Policy module by name (``"linear"``, ``"tanh"``, ``"mlp"``) or a user module.
+
+    ``bias=False`` is accepted only with ``"linear"`` (the seed's ``pi = P c``).
+    """
+    if not bias and policy_net != "linear":
+        raise ValueError(f"policy_bias=False needs policy_net='linear' (the seed's pi = P c), "
+                         f"got {policy_net!r}")
     if isinstance(policy_net, nn.Module):
         return policy_net
     if not isinstance(policy_net, str):
@@ -112,7 +134,8 @@ def build_policy(
         )
     factory = {"device": device, "dtype": dtype}
     if policy_net == "linear":
-        return LinearPolicy(context_features, size, bounded=False, init_scale=init_scale, **factory)
+        return LinearPolicy(context_features, size, bounded=False, init_scale=init_scale, bias=bias,
+                            **factory)
     if policy_net == "tanh":
         return LinearPolicy(context_features, size, bounded=True, init_scale=init_scale, **factory)
     if policy_net == "mlp":

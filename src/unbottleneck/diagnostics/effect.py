@@ -106,8 +106,12 @@ def summarize(values: torch.Tensor, threshold: float = 0.05,
               quantiles: Iterable[float] = QUANTILES) -> dict[str, float]:
     """Summary statistics of a sample (any shape; flattened).
 
-    Returns mean, std, mean absolute value, the quantiles, and ``share_beyond``: the
-    fraction of values with ``|v| > threshold`` (the seed's "few values outside 0.05").
+    Returns mean, std, mean absolute value, the quantiles, ``share_beyond``: the
+    fraction of values with ``|v| > threshold`` (the seed's "few values outside 0.05"),
+    and two robust measures of spread: ``iqr`` (75th minus 25th percentile) and ``mad``
+    (median absolute deviation from the median, unscaled).  A sharply peaked sample with
+    heavy tails (a static activation effect) has a std several times its IQR, so a
+    dispersion claim must say which of the three it compares.
     """
     v = values.detach().reshape(-1).to(torch.float64)
     if v.numel() == 0:
@@ -125,4 +129,18 @@ def summarize(values: torch.Tensor, threshold: float = 0.05,
         "threshold": float(threshold),
     }
     out.update({f"q{100 * p:g}": float(x) for p, x in zip(q.tolist(), qv.tolist(), strict=True)})
+    out.update(spread(v))
     return out
+
+
+def spread(values: torch.Tensor) -> dict[str, float]:
+    """``{"std", "iqr", "mad"}`` of a sample (flattened, float64; std with 1/n).
+
+    ``iqr`` uses linear interpolation between order statistics (``torch.quantile``'s
+    default); ``mad`` is ``median(|v - median(v)|)`` with the lower median for an
+    even count (``torch.median``), without the 1.4826 normal-consistency factor.
+    """
+    v = values.detach().reshape(-1).to(torch.float64)[:16_000_000]
+    q1, q3 = torch.quantile(v, torch.tensor([0.25, 0.75], dtype=torch.float64)).tolist()
+    med = v.median()
+    return {"std": float(v.std(unbiased=False)), "iqr": q3 - q1, "mad": float((v - med).abs().median())}

@@ -24,6 +24,7 @@ from .claims import CLAIMS, claims_for
 from .common import markdown_table
 from .html import markdown_to_html
 from .runner import (
+    _jsonable,
     atomic_write_bytes,
     default_out_dir,
     environment,
@@ -53,20 +54,21 @@ class Step:
         return self.name or self.experiment
 
 
-_SMALL_LM = ("epochs=1", "test_batch_size=10", "overwrite=true")
+#: The modern MNIST regime's variants in ``reproduce`` (the IOA ones carry no claim).
+_MODERN_VARIANTS = "variants=sigmoid,relu,sva-sigmoid,sva-none"
 #: What ``reproduce`` runs, in order.  Full mode uses each experiment's default
-#: config except where a CPU cannot afford it (the language models: CPU-sized
-#: presets for one epoch; the paper's models only where CUDA is available).
+#: config except where a CPU cannot afford it (the paper's language models run
+#: only where CUDA is available; the CPU-scale aLSTM claims have their own steps).
 PLAN: list[Step] = [
     Step("iat-fit"),
     Step("iat-memorize"),
     Step("iat-points"),
     Step("multimodal"),
-    Step("mnist-bottleneck"),
-    Step("lm", name="lm-small-alstm", full=("preset=ptb-small-alstm", *_SMALL_LM),
-         quick=("preset=ptb-small-alstm",)),
-    Step("lm", name="lm-small-lstm", full=("preset=ptb-small-lstm", *_SMALL_LM),
-         quick=("preset=ptb-small-lstm",)),
+    Step("mnist-bottleneck", name="mnist-seed", full=("regime=seed",), quick=("regime=seed",)),
+    Step("mnist-bottleneck", name="mnist-modern", full=("regime=modern", _MODERN_VARIANTS),
+         quick=("regime=modern",)),
+    Step("lm-compare"),
+    Step("lm-stability"),
     Step("lm-robustness"),
     Step("lm", name="lm-ptb-alstm", full=("preset=ptb-alstm",), quick=("preset=ptb-alstm",),
          needs_cuda=True, note="190 epochs of the 17.2M-parameter model"),
@@ -119,6 +121,40 @@ def _cuda_missing(step: Step) -> str | None:
             f"--out runs/{step.id}`")
 
 
+def _finished(out: Path, quick: bool, config: Any) -> dict[str, Any] | None:
+    """The step's ``results.json`` if it finished with exactly this mode and config, else None."""
+    path = out / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = results.get("quick") == quick and results.get("config") == _jsonable(config)
+    return results if same and "metrics" in results else None
+
+
+def _run_step(step: Step, quick: bool, sets: list[str], out: Path, resume: bool, **kwargs: Any) -> Outcome:
+    """Run (or, with ``resume``, reuse or continue) one step; failures become an Outcome."""
+    t0 = time.time()
+    try:
+        config = get_experiment(step.experiment).make_config(quick=quick, overrides=sets)
+        if resume and (done := _finished(out, quick, config)) is not None:
+            return Outcome(step, "ok", "reused: finished by an earlier run", results=done,
+                           seconds=float(done.get("wall_time_s", 0.0)))
+        again = resume and (out / "config.json").is_file() and \
+            json.loads((out / "config.json").read_text()) == _jsonable(config)
+        results = run_experiment(step.experiment, quick=quick, overrides=sets, out_dir=out,
+                                 resume=again, **kwargs)
+    except (KeyboardInterrupt, TrainingInterrupted):  # the user stops the whole run
+        raise
+    except Exception as exc:  # one failing experiment must not hide the others' results
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "error.txt", traceback.format_exc().encode())
+        return Outcome(step, "failed", f"{type(exc).__name__}: {exc}", seconds=time.time() - t0)
+    return Outcome(step, "ok", results=results, seconds=time.time() - t0)
+
+
 def run_reproduce(
     quick: bool = False,
     out_dir: str | Path | None = None,
@@ -127,6 +163,7 @@ def run_reproduce(
     only: list[str] | None = None,
     overrides: dict[str, list[str]] | None = None,
     command: str = "",
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the plan, write ``report.md``, ``report.html`` and ``summary.json``; return the summary.
 
@@ -137,48 +174,55 @@ def run_reproduce(
         data_dir: dataset root (else ``$UNBOTTLENECK_DATA``, else the default cache).
         only: restrict to these experiment names (in plan order).
         overrides: extra ``key=value`` overrides per experiment name (tests use tiny ones).
+        resume: reuse every step whose ``results.json`` holds the same mode and config,
+            continue interrupted steps from their checkpoints, run the rest.
+
+    An interrupt (SIGINT / SIGTERM) stops the run after writing the report of the
+    steps that finished; the exception then propagates.
     """
     out = Path(out_dir) if out_dir is not None else default_out_dir("reproduce", quick)
     out.mkdir(parents=True, exist_ok=True)
-    plan = PLAN
-    if only:
-        known = {s.id for s in PLAN} | {s.experiment for s in PLAN}
-        unknown = [n for n in only if n not in known]
-        if unknown:
-            raise KeyError(f"unknown experiment(s) {', '.join(map(repr, unknown))} in --only; "
-                           f"the plan has: {', '.join(s.id for s in PLAN)}")
-        plan = [s for s in PLAN if s.id in only or s.experiment in only]
+    plan = _select(only)
     overrides = overrides or {}
     start = time.time()
     outcomes: list[Outcome] = []
-    for step in plan:
-        missing = _cuda_missing(step) or _missing_data(step.experiment, data_dir)
-        if missing:
-            outcomes.append(Outcome(step, "skipped", missing))
-            continue
-        sets = (list(step.quick if quick else step.full)
-                + list(overrides.get(step.id, overrides.get(step.experiment, ()))))
-        t0 = time.time()
-        try:
-            results = run_experiment(step.experiment, quick=quick, overrides=sets,
-                                     out_dir=out / step.id, data_dir=data_dir, progress=progress,
-                                     command=command + f"  [{step.id}]")
-        except (KeyboardInterrupt, TrainingInterrupted):  # the user stops the whole run
-            raise
-        except Exception as exc:  # one failing experiment must not hide the others' results
-            detail = f"{type(exc).__name__}: {exc}"
-            (out / step.id).mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(out / step.id / "error.txt", traceback.format_exc().encode())
-            outcomes.append(Outcome(step, "failed", detail, seconds=time.time() - t0))
-            continue
-        outcomes.append(Outcome(step, "ok", results=results, seconds=time.time() - t0))
+    try:
+        for step in plan:
+            missing = _cuda_missing(step) or _missing_data(step.experiment, data_dir)
+            if missing:
+                outcomes.append(Outcome(step, "skipped", missing))
+                continue
+            sets = (list(step.quick if quick else step.full)
+                    + list(overrides.get(step.id, overrides.get(step.experiment, ()))))
+            outcomes.append(_run_step(step, quick, sets, out / step.id, resume, data_dir=data_dir,
+                                      progress=progress, command=command + f"  [{step.id}]"))
+    except (KeyboardInterrupt, TrainingInterrupted):
+        _write_outputs(outcomes, out, quick, command, start, interrupted=True)
+        raise
+    return _write_outputs(outcomes, out, quick, command, start)
 
+
+def _select(only: list[str] | None) -> list[Step]:
+    if not only:
+        return PLAN
+    known = {s.id for s in PLAN} | {s.experiment for s in PLAN}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        raise KeyError(f"unknown experiment(s) {', '.join(map(repr, unknown))} in --only; "
+                       f"the plan has: {', '.join(s.id for s in PLAN)}")
+    return [s for s in PLAN if s.id in only or s.experiment in only]
+
+
+def _write_outputs(outcomes: list[Outcome], out: Path, quick: bool, command: str, start: float,
+                   interrupted: bool = False) -> dict[str, Any]:
     verdicts = _verdicts(outcomes)
     summary = {
         "quick": quick,
         "command": command,
         "environment": environment(),
         "wall_time_s": round(time.time() - start, 1),
+        "steps_time_s": round(sum(o.seconds for o in outcomes), 1),
+        "interrupted": interrupted,
         "experiments": {o.step.id: {"experiment": o.step.experiment, "status": o.status,
                                     "detail": o.detail, "seconds": round(o.seconds, 1)}
                         for o in outcomes},
@@ -229,8 +273,12 @@ def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: P
         f"Command: `{summary['command']}`" if summary["command"] else "",
         "",
         f"Mode: **{'quick (smoke-test sizes: verdicts are not evidence)' if quick else 'full'}**; "
-        f"wall time {summary['wall_time_s']} s; torch {summary['environment']['torch']} on "
+        f"wall time {summary['wall_time_s']} s for this command, {summary['steps_time_s']} s for its "
+        f"steps' own runs (a step reused under `--resume` counts with the time it took when it ran); "
+        f"torch {summary['environment']['torch']} on "
         f"{summary['environment']['platform']} ({summary['environment']['threads']} threads).",
+        "",
+        "**Interrupted: only the steps listed below finished.**" if summary.get("interrupted") else "",
         "",
         f"Verdicts: {counts['met']} met, {counts['not met']} not met, {counts['undecided']} undecided, "
         f"{counts['not run']} not run.",
@@ -250,7 +298,9 @@ def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: P
         markdown_table(
             ["experiment", "status", "time (s)", "details"],
             [[o.step.id, o.status, f"{o.seconds:.0f}",
-              _cell(o.detail or f"[report]({o.step.id}/report.md)")] for o in outcomes],
+              _cell(o.detail if o.status != "ok" else
+                    f"[report]({o.step.id}/report.md)" + (f" ({o.detail})" if o.detail else ""))]
+             for o in outcomes],
         ),
         "",
     ]

@@ -247,8 +247,11 @@ class RunContext:
         return path
 
     def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
         path = self._record(name)
-        self._write(path, text.encode())
+        self._write(path, data)
         return path
 
     def savefig(self, fig: Any, name: str) -> Path:

@@ -31,6 +31,9 @@ preset                    what
                           128-d embedding (2,168,592 parameters)
 ``ptb-small-lstm``        CPU-sized LSTM at equal parameter count: 128 -> 340 -> 128, tied
                           (2,169,840 parameters, +0.06 %)
+``ptb-small-awd-lstm``    the same LSTM with AWD-LSTM's regularisers (weight drop 0.3 on the
+                          hidden-to-hidden weights, AR 2 / TAR 1), trained with the small
+                          presets' Adam recipe so that one tuning grid serves all three
 ========================  =============================================================
 
 The small presets use lighter, untuned dropouts (e/i/h/a/o = 0.1/0.4/0.2/0.1/0.4)
@@ -66,8 +69,10 @@ class LMConfig:
     Model: ``core`` (``alstm``/``lstm``/``awd-lstm``), widths, dropouts (see
     :class:`~unbottleneck.lm.model.RNNLanguageModel`).  ``output_size = 0``
     means "the embedding size when tied, else the hidden size".
-    ``alstm_implementation`` / ``alstm_policy_init`` are passed to ``ALSTM``
-    (``implementation`` / ``policy_init``; ``alstm`` core only).
+    ``alstm_implementation`` / ``alstm_policy_init`` / ``alstm_policy_layout`` are
+    passed to ``ALSTM`` (``implementation`` / ``policy_init`` / ``policy_layout``;
+    ``alstm`` core only; ``alstm_policy_layout="original"`` is the published code's
+    as-run policy split).
 
     Optimisation: ``optimizer`` ``"adam"`` (Adam with L2 ``weight_decay``),
     ``"sgd"`` or ``"nt-asgd"`` (SGD that switches to iterate averaging once the
@@ -83,6 +88,10 @@ class LMConfig:
     :class:`~unbottleneck.data.BPTTSchedule`), evaluation uses fixed ``bptt``.
     ``max_batches > 0`` caps the batches per epoch and ``eval_tokens > 0``
     evaluates on that prefix of valid/test only (for short CPU runs).
+    ``carry_position=True`` makes a capped epoch start where the previous one
+    stopped (with its recurrent state), wrapping at the end of the corpus, so
+    that short epochs walk through the whole training stream instead of
+    repeating its first ``max_batches`` batches.
 
     Bookkeeping: ``checkpoint_every > 0`` also checkpoints every that many
     batches inside an epoch (checkpoints are always written at epoch ends).
@@ -104,6 +113,7 @@ class LMConfig:
     wdrop: float = 0.0
     alstm_implementation: str = "auto"
     alstm_policy_init: str = "lstm"
+    alstm_policy_layout: str = "contiguous"
     optimizer: str = "adam"
     lr: float = 3e-3
     betas: tuple[float, ...] = (0.0, 0.999)
@@ -127,6 +137,7 @@ class LMConfig:
     min_seq_len: int = 5
     max_seq_len_delta: int = 40
     max_batches: int = 0
+    carry_position: bool = False
     eval_tokens: int = 0
     checkpoint_every: int = 0
     log_interval: int = 50
@@ -168,6 +179,9 @@ class LMConfig:
         if self.alstm_implementation not in IMPLEMENTATIONS:
             raise ValueError(f"unknown alstm_implementation {self.alstm_implementation!r}; "
                              f"valid: {', '.join(IMPLEMENTATIONS)}")
+        if self.alstm_policy_layout not in ("contiguous", "original"):
+            raise ValueError(f"unknown alstm_policy_layout {self.alstm_policy_layout!r}; "
+                             "valid: contiguous, original")
         if self.alstm_policy_init not in POLICY_INITS:
             raise ValueError(f"unknown alstm_policy_init {self.alstm_policy_init!r}; "
                              f"valid: {', '.join(POLICY_INITS)}")
@@ -227,6 +241,9 @@ PRESETS: dict[str, dict] = {
                         **_SMALL_DROPOUTS, "dropouta": 0.1, "epochs": 10, "lr_cuts": ()},
     "ptb-small-lstm": {"core": "lstm", "embedding_size": 128, "hidden_size": 340,
                        **_SMALL_DROPOUTS, "dropouta": 0.0, "epochs": 10, "lr_cuts": ()},
+    "ptb-small-awd-lstm": {"core": "awd-lstm", "embedding_size": 128, "hidden_size": 340,
+                           **_SMALL_DROPOUTS, "dropouta": 0.0, "wdrop": 0.3, "alpha": 2.0, "beta": 1.0,
+                           "epochs": 10, "lr_cuts": ()},
 }
 
 #: What ``quick`` changes on top of any preset: a run of a few seconds.

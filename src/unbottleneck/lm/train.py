@@ -104,7 +104,8 @@ def build_model(cfg: LMConfig, vocab_size: int, device: torch.device | str | Non
         dropoute=cfg.dropoute, dropouti=cfg.dropouti, dropouth=cfg.dropouth,
         dropouta=cfg.dropouta, dropouto=cfg.dropouto, wdrop=cfg.wdrop, device=device,
         alstm_options={"implementation": cfg.alstm_implementation,
-                       "policy_init": cfg.alstm_policy_init} if cfg.core == "alstm" else None,
+                       "policy_init": cfg.alstm_policy_init,
+                       "policy_layout": cfg.alstm_policy_layout} if cfg.core == "alstm" else None,
     )
 
 
@@ -391,11 +392,12 @@ class LMTrainer:
             "train_time_s": self.running["time"],
             "tokens_per_s": self.running["tokens"] / max(self.running["time"], 1e-9),
         }
-        # The epoch is done: the next one starts at the top with a fresh state.
         self.epoch = epoch
         self.batch = 0
-        self.pos = 0
-        self.hidden = None
+        if not (cfg.carry_position and self.pos < rows - 2):
+            # The next epoch starts at the top with a fresh state (a carried one goes on).
+            self.pos = 0
+            self.hidden = None
         self.running = _fresh_running()
         return row
 
