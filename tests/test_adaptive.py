@@ -245,7 +245,7 @@ def test_bias_free_policy_is_exactly_p_x_and_starts_near_zero():
     # starter init: truncated normal, std 1/sqrt(fan_in), cut at 2 std
     w = proj.weight
     assert w.abs().max() <= 2.0 / 784**0.5 + 1e-12
-    assert 0.7 / 784**0.5 < float(w.std()) < 1.0 / 784**0.5
+    assert 0.7 / 784**0.5 < float(w.detach().std()) < 1.0 / 784**0.5
     # pi starts near 0 (not at the static map's 1): |mean| small against 1
     assert abs(float(pi.mean())) < 0.1 and float(pi.abs().mean()) < 0.5
     y = layer(x)

@@ -384,6 +384,7 @@ def test_parameter_counts_closed_form():
     ("ptb-awd-lstm", 10_000, 24_221_600),
     ("wt2-awd-lstm", 33_278, 33_556_078),
     ("ptb-small-lstm", 10_000, 2_169_840),
+    ("ptb-small-awd-lstm", 10_000, 2_169_840),
 ])
 def test_built_parameter_counts(preset, vocab, expected):
     cfg = get_preset(preset)
@@ -685,3 +686,22 @@ def test_lm_experiment_resume_matches_uninterrupted(tmp_path, shared_data):
     with pytest.raises(ConfigError, match="no checkpoint"):
         run_experiment("lm", quick=True, out_dir=tmp_path / "c", progress=False,
                        overrides=[*args, "resume=true"], data_dir=str(shared_data))
+
+
+def test_carry_position_walks_through_the_stream_in_capped_epochs():
+    corpus = toy_corpus()
+    fresh = LMTrainer(tiny_cfg(max_batches=3, variable_bptt=False), corpus)
+    carried = LMTrainer(tiny_cfg(max_batches=3, variable_bptt=False, carry_position=True), corpus)
+    rows = carried.train_data.shape[0]
+    fresh.train_epoch()
+    assert fresh.pos == 0 and fresh.hidden is None  # the default: every epoch starts at the top
+    seen = []
+    for _ in range(2):
+        carried.train_epoch()
+        seen.append(carried.pos)
+        assert carried.hidden is not None  # the recurrent state goes on with the stream
+    assert seen == [3 * 12, 6 * 12]  # fixed bptt 12: consecutive stretches of 3 batches
+    # at the end of the stream the next epoch starts over
+    carried.cfg.max_batches = rows  # more than what is left
+    carried.train_epoch()
+    assert carried.pos == 0 and carried.hidden is None

@@ -124,3 +124,86 @@ def test_markdown_to_html_subset(tmp_path):
     assert "<td>x | y</td><td>2</td>" in piped  # an escaped pipe stays inside its cell
     assert "<ul><li>x</li><li>y</li></ul>" in html
     assert 'src="data:image/png;base64,' in html
+
+
+def test_resume_reuses_a_finished_step_and_runs_the_rest(tmp_path, offline, monkeypatch):
+    from unbottleneck.experiments import reproduce
+
+    first = run_reproduce(quick=True, out_dir=tmp_path, data_dir=str(tmp_path / "none"), progress=False,
+                          only=["iat-memorize"], overrides=TINY)
+    assert first["experiments"]["iat-memorize"]["status"] == "ok"
+    real = reproduce.run_experiment
+    ran = []
+
+    def counting(name, **kwargs):
+        ran.append((name, kwargs.get("resume")))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(reproduce, "run_experiment", counting)
+    again = run_reproduce(quick=True, out_dir=tmp_path, data_dir=str(tmp_path / "none"), progress=False,
+                          only=["iat-memorize", "multimodal"], overrides=TINY, resume=True)
+    assert ran == [("multimodal", False)]  # iat-memorize finished before: not run again
+    step = again["experiments"]["iat-memorize"]
+    assert step["status"] == "ok" and "reused" in step["detail"]
+    by_id = {c["id"]: c for c in again["claims"]}
+    assert by_id["iat-memorize"]["verdict"] in ("met", "not met")
+    # a different config for a finished step: it runs again (not reused)
+    ran.clear()
+    changed = {**TINY, "iat-memorize": [*TINY["iat-memorize"][:-1], "depth=1"]}
+    run_reproduce(quick=True, out_dir=tmp_path, data_dir=str(tmp_path / "none"), progress=False,
+                  only=["iat-memorize"], overrides=changed, resume=True)
+    assert ran == [("iat-memorize", False)]
+    # without --resume everything runs
+    ran.clear()
+    run_reproduce(quick=True, out_dir=tmp_path, data_dir=str(tmp_path / "none"), progress=False,
+                  only=["iat-memorize"], overrides=changed)
+    assert ran == [("iat-memorize", False)]
+
+
+def test_resume_continues_an_interrupted_step_from_its_checkpoints(tmp_path, offline, monkeypatch):
+    """A step folder whose config.json matches but that has no results: resumed, not restarted."""
+    from unbottleneck.experiments import reproduce
+
+    run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["iat-memorize"], overrides=TINY)
+    (tmp_path / "iat-memorize" / "results.json").unlink()  # as if stopped before the end
+    ran = []
+    monkeypatch.setattr(reproduce, "run_experiment",
+                        lambda name, **kw: ran.append(kw["resume"]) or {"metrics": {}, "quick": True})
+    run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["iat-memorize"], overrides=TINY,
+                  resume=True)
+    assert ran == [True]
+
+
+def test_an_interrupted_reproduce_still_writes_the_report_of_finished_steps(tmp_path, offline, monkeypatch):
+    import signal
+
+    from unbottleneck.experiments import reproduce
+    from unbottleneck.training import TrainingInterrupted
+
+    real = reproduce.run_experiment
+
+    def stop_at_multimodal(name, **kwargs):
+        if name == "multimodal":
+            raise TrainingInterrupted(signal.SIGINT, None)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(reproduce, "run_experiment", stop_at_multimodal)
+    with pytest.raises(TrainingInterrupted):
+        run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["iat-memorize", "multimodal"],
+                      overrides=TINY)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert list(summary["experiments"]) == ["iat-memorize"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Interrupted" in report and "iat-memorize" in report
+
+
+def test_reproduce_exits_2_and_says_why_when_every_step_is_skipped(tmp_path, monkeypatch, capsys, offline):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["reproduce", "--quick", "--only", "lm-ptb-alstm,mnist-seed", "--out", str(tmp_path),
+                 "--data-dir", str(tmp_path / "no-data"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "every step was skipped" in err
+    assert "skipped lm-ptb-alstm: needs a GPU" in err and "skipped mnist-seed: dataset `mnist`" in err
+    assert (tmp_path / "report.md").is_file()  # the report still says what was skipped

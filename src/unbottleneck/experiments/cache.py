@@ -2,8 +2,10 @@
 
 Experiments made of many short, independent trainings (one per grid point, sample
 or seed) store each finished one's result as ``OUT/runs/<key>.json`` (written
-atomically).  A resumed run (``ctx.resume``) reuses every stored result and trains
-only the missing ones; a fresh run starts with an empty store.
+atomically) beside the full config that produced it.  A resumed run (``ctx.resume``)
+reuses every stored result whose config is the one it would train now (so a changed
+preset is trained again) and trains only the rest; a fresh run starts with an empty
+store.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from .runner import RunContext, _jsonable, atomic_write_bytes
@@ -30,14 +33,28 @@ class RunCache:
             raise ValueError(f"bad run key {key!r}")
         return self.dir / f"{key}.json"
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        path = self._path(key)
-        return json.loads(path.read_text()) if path.is_file() else None
+    def run(self, key: str, config: Any, compute: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        """The stored result of ``key`` if it was made with ``config``, else ``compute(*args)`` stored.
 
-    def put(self, key: str, result: dict[str, Any]) -> dict[str, Any]:
-        """Store ``result`` and return its JSON form (what :meth:`get` gives back later)."""
-        plain = _jsonable(result)
+        ``config``: anything JSON-able after :func:`~.runner._jsonable` (a dataclass config).
+        The result comes back in its JSON form either way (inf / nan as strings).
+        """
+        wanted = _roundtrip(config)
+        path = self._path(key)
+        if path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+            except ValueError:  # a damaged file: train again
+                stored = {}
+            if stored.get("config") == wanted and "result" in stored:
+                return stored["result"]
+        result = _roundtrip(compute(*args))
         if self.writes:
             self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self._path(key), (json.dumps(plain, indent=1) + "\n").encode())
-        return json.loads(json.dumps(plain))
+            body = json.dumps({"config": wanted, "result": result}, indent=1) + "\n"
+            atomic_write_bytes(path, body.encode())
+        return result
+
+
+def _roundtrip(obj: Any) -> Any:
+    return json.loads(json.dumps(_jsonable(obj)))

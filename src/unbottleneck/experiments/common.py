@@ -23,6 +23,19 @@ def require_positive(cfg: Any, *keys: str) -> None:
             raise ValueError(f"{key} must be >= 1")
 
 
+def require_presets(cfg: Any) -> None:
+    """Config validation of a ``models`` list of language-model presets: non-empty, each
+    known and valid at the config's size (``tiny``) and ``device``."""
+    from ..lm import PRESETS, get_preset
+
+    if not cfg.models:
+        raise ValueError("models must name at least one preset")
+    for m in cfg.models:
+        if m not in PRESETS:
+            raise ValueError(f"unknown preset {m!r} in models; valid presets: {', '.join(PRESETS)}")
+        get_preset(m, quick=cfg.tiny, device=cfg.device)  # surfaces config errors early
+
+
 def parse_activation(name: str) -> tuple[str, dict[str, Any]]:
     """``"relu"`` or ``"iat-<basis>[+zm]"`` -> (basis or "relu", IAT options).
 

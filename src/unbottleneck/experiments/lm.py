@@ -2,7 +2,7 @@
 
 ``--set preset=NAME`` picks a recipe from :data:`unbottleneck.lm.PRESETS`
 (``ptb-alstm``, ``wt2-alstm``, ``ptb-lstm``, ``wt2-lstm``, ``ptb-awd-lstm``,
-``wt2-awd-lstm``, ``ptb-small-alstm``, ``ptb-small-lstm``); every field of
+``wt2-awd-lstm``, ``ptb-small-alstm``, ``ptb-small-lstm``, ``ptb-small-awd-lstm``); every field of
 :class:`~unbottleneck.lm.LMConfig` can be overridden with ``--set key=value``
 (a field left at ``None`` takes the preset's value).  ``--quick`` shrinks the
 preset to a run of seconds.

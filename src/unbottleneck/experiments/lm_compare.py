@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass
 
 from ..data.corpus import load_corpus
-from ..lm import PRESETS, LMConfig, LMTrainer, TrainingDiverged, alstm_available, get_preset
+from ..lm import LMConfig, LMTrainer, TrainingDiverged, alstm_available, get_preset
 from .cache import RunCache
-from .common import markdown_table, mean_std, require_positive
+from .common import markdown_table, mean_std, require_positive, require_presets
 from .runner import ConfigError, RunContext, register
 
 DROPOUTS = ("dropoute", "dropouti", "dropouth", "dropouta", "dropouto", "wdrop")
@@ -60,11 +60,7 @@ class LMCompareConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        if not self.models:
-            raise ValueError("models must name at least one preset")
-        for m in self.models:
-            if m not in PRESETS:
-                raise ValueError(f"unknown preset {m!r} in models; valid presets: {', '.join(PRESETS)}")
+        require_presets(self)
         if self.baseline not in self.models:
             raise ValueError(f"baseline {self.baseline!r} must be one of models ({', '.join(self.models)})")
         if not self.lrs or not self.dropout_scales:
@@ -132,7 +128,7 @@ def sweep(cfg: LMCompareConfig, ctx: RunContext) -> tuple[dict, dict]:
                 key = f"tune-{m}-lr{lr:g}-s{sc:g}"
                 run_cfg = dataclasses.replace(_scaled(base, sc, lr), epochs=1, max_batches=cfg.tune_batches,
                                               seed=cfg.seed * 1000 + 1)
-                res = cache.get(key) or cache.put(key, train(run_cfg, corpora[base.dataset]))
+                res = cache.run(key, run_cfg, train, run_cfg, corpora[base.dataset])
                 grid[m].append({"lr": lr, "dropout_scale": sc, **res})
                 bar.update(1)
             best = min(grid[m], key=lambda r: float(r["best_val_ppl"]))  # "inf" when diverged
@@ -142,7 +138,7 @@ def sweep(cfg: LMCompareConfig, ctx: RunContext) -> tuple[dict, dict]:
                 run_cfg = dataclasses.replace(_scaled(base, best["dropout_scale"], best["lr"]), epochs=1,
                                               max_batches=cfg.tune_batches, seed=cfg.seed * 1000 + 1,
                                               **parse_check(check))
-                res = cache.get(key) or cache.put(key, train(run_cfg, corpora[base.dataset]))
+                res = cache.run(key, run_cfg, train, run_cfg, corpora[base.dataset])
                 checks.append({"model": m, "change": check, "reference_val_ppl": best["best_val_ppl"], **res})
                 bar.update(1)
             for s in range(cfg.seeds):
@@ -151,7 +147,7 @@ def sweep(cfg: LMCompareConfig, ctx: RunContext) -> tuple[dict, dict]:
                 run_cfg = dataclasses.replace(
                     _scaled(base, best["dropout_scale"], best["lr"]), epochs=cfg.epochs,
                     max_batches=cfg.max_batches, carry_position=True, seed=cfg.seed * 1000 + 100 + s)
-                res = cache.get(key) or cache.put(key, train(run_cfg, corpora[base.dataset]))
+                res = cache.run(key, run_cfg, train, run_cfg, corpora[base.dataset])
                 runs[m].append({"lr": best["lr"], "dropout_scale": best["dropout_scale"], **res})
                 bar.update(1)
     return grid, runs, checks

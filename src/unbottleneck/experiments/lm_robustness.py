@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import torch
 
 from ..data.corpus import load_corpus, unigram_perplexity
-from ..lm import PRESETS, LMTrainer, TrainingDiverged, alstm_available, get_preset
+from ..lm import LMTrainer, TrainingDiverged, alstm_available, get_preset
 from .cache import RunCache
-from .common import markdown_table, mean_std, require_positive
+from .common import markdown_table, mean_std, require_positive, require_presets
 from .runner import ConfigError, RunContext, register
 
 RATES = ("dropoute", "dropouti", "dropouth", "dropouta", "dropouto", "wdrop")
@@ -67,12 +67,7 @@ class LMRobustnessConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        if not self.models:
-            raise ValueError("models must name at least one preset")
-        for m in self.models:
-            if m not in PRESETS:
-                raise ValueError(f"unknown preset {m!r} in models; valid presets: {', '.join(PRESETS)}")
-            get_preset(m, quick=self.tiny, device=self.device)  # surfaces config errors early
+        require_presets(self)
         require_positive(self, "samples", "epochs")
         if self.max_batches < 0 or self.eval_tokens < 0 or self.batch_size < 0:
             raise ValueError("max_batches, eval_tokens and batch_size must be >= 0 (0 = no limit / "
@@ -171,8 +166,8 @@ def run(cfg: LMRobustnessConfig, ctx: RunContext) -> dict:
                 run_cfg = dataclasses.replace(base, seed=cfg.seed * 1000 + s, **rates)
                 bar.set_postfix_str(f"sample {s} {m}")
                 key = f"sample{s}-{m}"
-                row = cache.get(key) or cache.put(key, _train_sample(run_cfg, corpora[base.dataset],
-                                                                     thresholds[base.dataset]))
+                row = dict(cache.run(key, run_cfg, _train_sample, run_cfg, corpora[base.dataset],
+                                     thresholds[base.dataset]))
                 params[m] = row.pop("params", params.get(m))
                 rows.append({"sample": s, "model": m, "core": base.core, **rates, "seed": run_cfg.seed,
                              **{k: float(v) if k in ("val_ppl", "train_ppl") else v for k, v in row.items()}})

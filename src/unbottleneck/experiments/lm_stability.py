@@ -4,7 +4,10 @@ The seed: the aLSTM "can be trained without gradient clipping while
 backpropagating through thousands of time steps".  Here every model (default
 the equal-size ``ptb-small-alstm`` and ``ptb-small-lstm``) trains with
 ``clip = 0`` on fixed BPTT windows of ``bptt`` steps (default 500, no variable
-length) for ``updates`` optimiser steps, with ``seeds`` seeds, recording after
+length) for ``updates`` optimiser steps (default 180 of 10 sequences, one pass over
+PTB's first half: 40 updates of 20
+left both small models above the unigram perplexity, unable to show learning), with
+``seeds`` seeds, recording after
 every update the global gradient norm (before the step) and the training loss.
 A run *diverged* if the loss or the gradient norm became non-finite; at the end
 it is validated on the first ``eval_tokens`` validation tokens and compared with
@@ -24,18 +27,18 @@ from dataclasses import dataclass
 import torch
 
 from ..data.corpus import load_corpus, unigram_perplexity
-from ..lm import PRESETS, LMTrainer, TrainingDiverged, get_preset
+from ..lm import LMTrainer, TrainingDiverged, get_preset
 from .cache import RunCache
-from .common import markdown_table, mean_std, require_positive
-from .runner import RunContext, register
+from .common import markdown_table, mean_std, require_positive, require_presets
+from .runner import ConfigError, RunContext, register
 
 
 @dataclass
 class LMStabilityConfig:
     models: tuple[str, ...] = ("ptb-small-alstm", "ptb-small-lstm")
     bptt: int = 500
-    updates: int = 40
-    batch_size: int = 20
+    updates: int = 180
+    batch_size: int = 10
     seeds: int = 2
     eval_tokens: int = 20000
     tiny: bool = False
@@ -43,11 +46,7 @@ class LMStabilityConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        if not self.models:
-            raise ValueError("models must name at least one preset")
-        for m in self.models:
-            if m not in PRESETS:
-                raise ValueError(f"unknown preset {m!r} in models; valid presets: {', '.join(PRESETS)}")
+        require_presets(self)
         require_positive(self, "bptt", "updates", "batch_size", "seeds")
         if self.eval_tokens < 0:
             raise ValueError("eval_tokens must be >= 0 (0 = all)")
@@ -99,6 +98,12 @@ def run(cfg: LMStabilityConfig, ctx: RunContext) -> dict:
                            batch_size=cfg.batch_size, eval_tokens=cfg.eval_tokens, lr_cuts=())
              for m in cfg.models}
     corpora = {d: load_corpus(d, data_dir=ctx.data_dir) for d in {c.dataset for c in bases.values()}}
+    for m, c in bases.items():
+        available = (corpora[c.dataset].train.numel() // c.batch_size - 1) // cfg.bptt
+        if cfg.updates > available:
+            raise ConfigError(f"{m}: the {c.dataset} training stream has only {available} windows of "
+                              f"{cfg.bptt} steps at batch size {c.batch_size}; lower updates, bptt or "
+                              "batch_size")
     unigram = {d: unigram_perplexity(c.train, c.valid[: cfg.eval_tokens] if cfg.eval_tokens else c.valid,
                                      c.vocab_size) for d, c in corpora.items()}
     cache = RunCache(ctx)
@@ -108,7 +113,7 @@ def run(cfg: LMStabilityConfig, ctx: RunContext) -> dict:
             for s in range(cfg.seeds):
                 key = f"{m}-seed{s}"
                 run_cfg = dataclasses.replace(base, seed=cfg.seed * 1000 + s)
-                runs[m].append(cache.get(key) or cache.put(key, train_unclipped(run_cfg, corpora[base.dataset])))
+                runs[m].append(cache.run(key, run_cfg, train_unclipped, run_cfg, corpora[base.dataset]))
                 bar.update(1)
     summary = summarize(cfg, bases, runs, unigram)
     ctx.write_csv("trace.csv", [{"model": m, "seed": s, **t} for m, rs in runs.items()

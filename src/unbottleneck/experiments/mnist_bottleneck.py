@@ -521,9 +521,10 @@ def report(cfg: MNISTBottleneckConfig, ctx: RunContext, summary: dict, ratios: d
         lines += [f"SVA + sigmoid over static sigmoid, effect dispersion: std "
                   f"**{ratios['sva-sigmoid']['std']:.3g}x**, IQR **{ratios['sva-sigmoid']['iqr']:.3g}x**, "
                   f"MAD **{ratios['sva-sigmoid']['mad']:.3g}x** (the seed reports almost two orders of "
-                  "magnitude, without naming the statistic).  The static effect is close to "
-                  "`-a^3/48` of near-Gaussian pre-activations: sharply peaked with heavy tails, so its "
-                  "std is several times its IQR, and the ratio depends on the statistic.", ""]
+                  "magnitude, without naming the statistic).  Where the sigmoid's pre-activations are "
+                  "narrow its effect is close to `-a^3/48` of a near-Gaussian: sharply peaked with "
+                  "heavy tails, so its std is several times its IQR, and the ratio depends on the "
+                  "statistic.", ""]
     rescaled = {v: s["rescaled_effect"] for v, s in summary.items() if "rescaled_effect" in s}
     if rescaled:
         rows = [[v, c, *(fmt(r[c][k], 4) for k in DISPERSION_STATS)] for v, r in rescaled.items() for c in r]

@@ -89,7 +89,9 @@ def _convert(text: str, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if origin is typing.Union:
         non_none = [a for a in args if a is not type(None)]
-        if text.lower() in ("none", "null", ""):
+        # an empty value of a list field is the empty list, not "unset"
+        empty_is_none = typing.get_origin(non_none[0]) not in (tuple, list)
+        if text.lower() in ("none", "null") or (text == "" and empty_is_none):
             if type(None) in args:
                 return None
         return _convert(text, non_none[0], key)
