@@ -277,8 +277,7 @@ def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: P
         f"steps' own runs (a step reused under `--resume` counts with the time it took when it ran); "
         f"torch {summary['environment']['torch']} on "
         f"{summary['environment']['platform']} ({summary['environment']['threads']} threads).",
-        "",
-        "**Interrupted: only the steps listed below finished.**" if summary.get("interrupted") else "",
+        *(["", "**Interrupted: only the steps listed below finished.**"] if summary.get("interrupted") else []),
         "",
         f"Verdicts: {counts['met']} met, {counts['not met']} not met, {counts['undecided']} undecided, "
         f"{counts['not run']} not run.",
