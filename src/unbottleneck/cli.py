@@ -71,6 +71,26 @@ def _command(argv: list[str]) -> str:
     return "unbottleneck " + shlex.join(argv)
 
 
+def _writable_out(out: str) -> bool:
+    """Create ``--out`` (and parents) or say in one line why it cannot be written to."""
+    from pathlib import Path
+
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".unbottleneck-write-test-{os.getpid()}"  # one per torchrun rank
+        probe.write_bytes(b"")
+        probe.unlink()
+    except FileExistsError:
+        print(f"unbottleneck: error: --out {out}: a file of that name exists (give a folder)", file=sys.stderr)
+        return False
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        print(f"unbottleneck: error: --out {out}: cannot write there ({reason})", file=sys.stderr)
+        return False
+    return True
+
+
 def _set_threads(threads: int | None) -> bool:
     if threads is None:
         return True
@@ -92,6 +112,8 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     out = args.out or str(default_out_dir("reproduce", args.quick))
+    if not _writable_out(out):
+        return 2
     try:
         summary = run_reproduce(quick=args.quick, out_dir=out, data_dir=args.data_dir,
                                 progress=not args.no_progress, only=only, command=_command(argv),
@@ -196,6 +218,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from .training import CheckpointError, TrainingDiverged, TrainingInterrupted
 
     out = args.out or str(default_out_dir(args.name, args.quick))
+    if not _writable_out(out):
+        return 2
     try:
         results = run_experiment(
             args.name,

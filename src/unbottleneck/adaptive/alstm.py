@@ -481,6 +481,8 @@ class ALSTM(nn.Module):
             top layer's ``h_t`` before dropout; the final :data:`ALSTMState`.
         """
         self._check_input(x)
+        if x.dim() == 3 and x.shape[0 if self.batch_first else 1] == 0:
+            return self._empty_batch(x, state)
         unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(1)
@@ -511,6 +513,26 @@ class ALSTM(nn.Module):
         if self.batch_first:
             out = out.transpose(0, 1)
         return out, state
+
+    def _empty_batch(self, x: Tensor, state: ALSTMState | None) -> tuple[Tensor, ALSTMState]:
+        """A batch of 0 sequences, as ``nn.LSTM`` takes it: empty output and state."""
+        p = self.layers[0].weight_ih
+        sizes = [(c.hidden_size, c.hidden_size, c.adapt_size, c.adapt_size) for c in self.layers]
+        if state is not None:
+            self._check_state_sizes(state, sizes)
+        T = x.shape[1 if self.batch_first else 0]
+        shape = (0, T, self.output_size) if self.batch_first else (T, 0, self.output_size)
+        empty = tuple(ALSTMCellState(*(p.new_zeros(0, s) for s in layer)) for layer in sizes)
+        return x.new_zeros(shape), empty
+
+    def _check_state_sizes(self, state: object, sizes: list[tuple[int, ...]]) -> None:
+        ok = isinstance(state, (tuple, list)) and len(state) == len(sizes) and all(
+            isinstance(s, (tuple, list)) and len(s) == 4 and all(
+                isinstance(t, torch.Tensor) and tuple(t.shape) == (0, n) for t, n in zip(s, layer, strict=True))
+            for s, layer in zip(state, sizes, strict=True))
+        if not ok:
+            raise ValueError(f"ALSTM state for an empty batch must hold {len(sizes)} per-layer "
+                             "(h, c, z_h, z_c) tensors of shape (0, size)")
 
     def extra_repr(self) -> str:
         s = (

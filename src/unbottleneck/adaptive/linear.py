@@ -156,6 +156,13 @@ class AdaptiveLinear(nn.Module):
             raise ValueError(f"AdaptiveLinear expects {name} of shape (..., {size}), got {tuple(t.shape)}")
         if not t.is_floating_point():
             raise TypeError(f"AdaptiveLinear expects a floating point {name}, got {t.dtype}")
+        p = self.bias if self.bias is not None else next(self.parameters())
+        if t.device != p.device:
+            raise ValueError(f"AdaptiveLinear {name} on {t.device}, parameters on {p.device}")
+        if t.dtype != p.dtype and not torch.is_autocast_enabled(t.device.type):
+            raise TypeError(f"AdaptiveLinear {name} dtype {t.dtype} does not match its parameters' {p.dtype}; "
+                            f"convert one of them (.to({p.dtype}) or layer.to({t.dtype})) or run under "
+                            "torch.autocast")
 
     def apply_adaptation(self, x: torch.Tensor, pi: dict[str, torch.Tensor]) -> torch.Tensor:
         """The layer's map with given policy outputs ``pi`` (as from :meth:`adaptation`)."""

@@ -23,6 +23,20 @@ def require_positive(cfg: Any, *keys: str) -> None:
             raise ValueError(f"{key} must be >= 1")
 
 
+def require_lr(cfg: Any, key: str = "lr") -> None:
+    """Config validation: the learning rate must be a finite number > 0 (0 trains nothing)."""
+    value = getattr(cfg, key)
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{key} must be a finite number > 0, got {value}")
+
+
+def require_nonempty(cfg: Any, *keys: str) -> None:
+    """Config validation: each list field of ``keys`` must name at least one entry."""
+    for key in keys:
+        if not getattr(cfg, key):
+            raise ValueError(f"{key} must name at least one entry (got an empty list)")
+
+
 def require_presets(cfg: Any) -> None:
     """Config validation of a ``models`` list of language-model presets: non-empty, each
     known and valid at the config's size (``tiny``) and ``device``."""

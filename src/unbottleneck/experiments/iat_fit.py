@@ -22,6 +22,8 @@ from .common import (
     make_mlp,
     markdown_table,
     mean_std,
+    require_lr,
+    require_nonempty,
     require_positive,
     roughness,
     total_variation,
@@ -60,6 +62,8 @@ class IATFitConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        require_nonempty(self, "targets", "activations")
+        require_lr(self)
         for t in self.targets:
             if t not in TARGETS:
                 raise ValueError(f"unknown target {t!r}; choose from {', '.join(TARGETS)}")

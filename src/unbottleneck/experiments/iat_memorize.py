@@ -22,6 +22,8 @@ from .common import (
     make_mlp,
     markdown_table,
     mean_std,
+    require_lr,
+    require_nonempty,
     require_positive,
 )
 from .runner import RunContext, register
@@ -50,6 +52,8 @@ class IATMemorizeConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        require_nonempty(self, "activations")
+        require_lr(self)
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         for a in self.activations:

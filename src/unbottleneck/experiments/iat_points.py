@@ -15,7 +15,7 @@ import torch
 from ..iat import IAT, pattern_jump
 from ..training import seed_everything
 from . import iat_fit, iat_memorize
-from .common import check_activation, fmt, markdown_table, mean_std
+from .common import check_activation, fmt, markdown_table, mean_std, require_nonempty
 from .runner import RunContext, register
 
 
@@ -33,6 +33,7 @@ class IATPointsConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        require_nonempty(self, "bases")
         for b in self.bases:
             check_activation("iat-" + b)
         if not self.factors or min(self.factors) < 1:

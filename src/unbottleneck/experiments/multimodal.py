@@ -34,6 +34,8 @@ from .common import (
     fmt,
     markdown_table,
     mean_std,
+    require_lr,
+    require_nonempty,
     require_positive,
 )
 from .runner import RunContext, register
@@ -64,6 +66,8 @@ class MultimodalConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        require_nonempty(self, "mixtures", "models")
+        require_lr(self)
         for name in self.mixtures:
             if name not in ("seed", "narrow"):
                 raise ValueError(f"unknown mixture {name!r}; choose from seed, narrow")

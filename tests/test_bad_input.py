@@ -1,0 +1,63 @@
+"""Bad input gets a one-line error and exit status 2, never a traceback (issue 13's sample)."""
+
+import pytest
+import torch
+
+from unbottleneck import AdaptiveLinear
+from unbottleneck.adaptive import ALSTM
+from unbottleneck.cli import main
+
+
+@pytest.mark.parametrize("name, setting, message", [
+    ("iat-fit", "lr=-1", "lr must be a finite number > 0"),
+    ("iat-fit", "lr=nan", "lr must be a finite number > 0"),
+    ("iat-memorize", "lr=inf", "lr must be a finite number > 0"),
+    ("multimodal", "lr=0", "lr must be a finite number > 0"),
+    ("iat-fit", "activations=", "activations must name at least one entry"),
+    ("iat-memorize", "activations=", "activations must name at least one entry"),
+    ("multimodal", "mixtures=", "mixtures must name at least one entry"),
+    ("multimodal", "models=", "models must name at least one entry"),
+    ("iat-points", "bases=", "bases must name at least one entry"),
+    ("mnist-bottleneck", "variants=", "variants must name at least one"),
+])
+def test_bad_settings_are_refused_in_one_line(name, setting, message, capsys, tmp_path):
+    assert main(["run", name, "--quick", "--set", setting, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["run", "iat-memorize", "--quick"],
+                                     ["reproduce", "--quick", "--only", "iat-memorize"]])
+def test_an_unusable_out_folder_is_refused_in_one_line(command, capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, message in ((afile, "a file of that name exists"), (afile / "sub", "cannot write there")):
+        assert main([*command, "--no-progress", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert afile.read_text() == "x"  # nothing lost
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_alstm_takes_an_empty_batch_like_nn_lstm(batch_first):
+    m = ALSTM(8, 6, adapt_size=4, num_layers=2, output_size=5, batch_first=batch_first)
+    x = torch.randn(0, 3, 8) if batch_first else torch.randn(3, 0, 8)
+    out, state = m(x)
+    assert out.shape == ((0, 3, 5) if batch_first else (3, 0, 5))
+    assert [tuple(t.shape) for t in state[1]] == [(0, 5), (0, 5), (0, 4), (0, 4)]
+    out2, _ = m(x, state)  # the empty state goes back in
+    assert out2.shape == out.shape
+    with pytest.raises(ValueError, match="empty batch"):
+        m(x, m.init_state(2))
+
+
+def test_adaptive_linear_dtype_mismatch_is_clear_and_autocast_runs():
+    layer = AdaptiveLinear(16, 8)
+    with pytest.raises(TypeError, match="dtype torch.float16 does not match its parameters' torch.float32"):
+        layer(torch.randn(3, 16).half())
+    with pytest.raises(TypeError, match="context dtype"):
+        layer(torch.randn(3, 16), context=torch.randn(3, 16, dtype=torch.float64))
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.bfloat16())
+    assert torch.allclose(y.float(), layer(x), atol=0.1, rtol=0.05)  # bf16 rounding against float32
