@@ -61,3 +61,30 @@ def test_adaptive_linear_dtype_mismatch_is_clear_and_autocast_runs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x.bfloat16())
     assert torch.allclose(y.float(), layer(x), atol=0.1, rtol=0.05)  # bf16 rounding against float32
+
+
+@pytest.mark.parametrize("name", ["lm", "mnist-bottleneck", "iat-fit", "lm-compare"])
+@pytest.mark.parametrize("device, message", [
+    ("banana", "device must be auto, cpu, cuda[:N] or mps, got 'banana'"),
+    ("cuda", "CUDA is not available here"),
+    ("mps", "MPS is not available here"),
+])
+def test_unavailable_or_unknown_devices_are_refused_before_the_run(name, device, message, capsys, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert main(["run", name, "--quick", "--set", f"device={device}", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "config.json").exists()  # refused before anything was written
+
+
+def test_report_html_renders_markdown_links():
+    from unbottleneck.experiments.html import markdown_to_html
+
+    html = markdown_to_html("| e | d |\n|---|---|\n| iat-fit | [report](iat-fit/report.md) (reused) |\n\n"
+                            "[a & b](x?y=1&z=2) and `[code](not-a-link)`\n")
+    assert '<td><a href="iat-fit/report.md">report</a> (reused)</td>' in html
+    assert '<a href="x?y=1&amp;z=2">a &amp; b</a>' in html
+    assert "<code>[code](not-a-link)</code>" in html
+    assert "[report](" not in html

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["choice", "positive_int", "probability"]
+__all__ = ["choice", "device", "positive_int", "probability"]
 
 
 def positive_int(name: str, value: object) -> int:
@@ -26,4 +26,34 @@ def choice(name: str, value: object, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def device(name: str, value: str) -> str:
+    """``value`` if it names a device this machine has (``auto``, ``cpu``, ``cuda[:N]``, ``mps``).
+
+    A ``ValueError`` instead of torch's own error deep inside a run: an unknown name, CUDA
+    asked for on a machine (or a torch build) without it, or a device index beyond the
+    devices present.
+    """
+    import torch
+
+    if value in ("auto", "cpu"):
+        return value
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must be auto, cpu, cuda[:N] or mps, got {value!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no visible CUDA device"
+            raise ValueError(f"{name}={value}: CUDA is not available here (torch {torch.__version__}, "
+                             f"{build}); use {name}=cpu or {name}=auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={value}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name}={value}: MPS is not available here; use {name}=cpu or {name}=auto")
+    else:
+        raise ValueError(f"{name} must be auto, cpu, cuda[:N] or mps, got {value!r}")
     return value

@@ -39,6 +39,10 @@ def _inline(text: str, base: Path) -> str:
     return "".join(parts)
 
 
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")  # [text](target), after HTML escaping
+_MIME = {".png": "image/png", ".gif": "image/gif"}
+
+
 def _inline_text(text: str) -> str:
     chunks = re.split(r"(`[^`]*`)", text)
     out = []
@@ -46,7 +50,8 @@ def _inline_text(text: str) -> str:
         if chunk.startswith("`") and chunk.endswith("`") and len(chunk) >= 2:
             out.append(f"<code>{html.escape(chunk[1:-1])}</code>")
             continue
-        s = html.escape(chunk)
+        s = html.escape(chunk, quote=False)
+        s = _LINK.sub(lambda m: f'<a href="{html.escape(html.unescape(m.group(2)))}">{m.group(1)}</a>', s)
         s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
         s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", s)
         out.append(s)
@@ -55,9 +60,10 @@ def _inline_text(text: str) -> str:
 
 def _image(alt: str, src: str, base: Path) -> str:
     path = base / src
-    if path.is_file() and path.suffix.lower() == ".png":
+    mime = _MIME.get(path.suffix.lower())
+    if path.is_file() and mime:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+        return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
     return f'<img alt="{html.escape(alt)}" src="{html.escape(src)}">'
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .. import _validate
 from ..training import DistInfo, GracefulInterrupt, atomic_write
 
 
@@ -134,11 +135,13 @@ def apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
         changes[key] = _convert(value.strip(), hints[key], key)
     cfg = dataclasses.replace(cfg, **changes)
     validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        try:
+    try:
+        if callable(validate):
             validate()
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(str(exc)) from None
+        if isinstance(getattr(cfg, "device", None), str):  # every experiment's device, one check
+            _validate.device("device", cfg.device)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 
