@@ -111,6 +111,37 @@ def make_adaptive(
 DEFAULT_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU,)
 
 
+#: Modules whose output holds its features in the last dimension (``nn.Linear`` style).
+_LAST_DIM = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.RMSNorm, nn.Embedding)
+#: Modules whose output holds its features (channels) in dimension 1 (N, C, ...).
+_CHANNEL_DIM = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
+                nn.modules.instancenorm._InstanceNorm)
+
+
+def _features_of(module: nn.Module, out: torch.Tensor) -> tuple[int, int] | None:
+    """(dim, size) of the features in ``module``'s output, for the producers we can identify."""
+    if isinstance(module, _CHANNEL_DIM) and not (isinstance(module, nn.BatchNorm1d) and out.dim() == 2):
+        return (1, out.shape[1]) if out.dim() >= 2 else None
+    if isinstance(module, (*_LAST_DIM, nn.BatchNorm1d)):
+        return (-1, out.shape[-1]) if out.dim() >= 1 else None
+    return None
+
+
+def _feature_dim(name: str, shape: torch.Size, producer: tuple[str, int, int] | None) -> int:
+    """The dimension of an activation's input that holds the features, or a clear refusal."""
+    if len(shape) <= 2:  # (d,) or (N, d): only one candidate
+        return -1
+    if producer is not None:
+        source, dim, size = producer
+        if shape[dim] == size:
+            return dim
+        why = f"its input {tuple(shape)} does not carry the {size} features of {source!r} at dim {dim}"
+    else:
+        why = f"no layer before it that fixes the feature dimension (input {tuple(shape)})"
+    raise ValueError(f"swap_activations cannot tell which dimension of {name!r}'s input holds the features: "
+                     f"{why}; leave it out with include=, or replace it by IAT(d, dim=...) yourself")
+
+
 @torch.no_grad()
 def swap_activations(
     model: nn.Module,
@@ -121,11 +152,17 @@ def swap_activations(
 ) -> tuple[nn.Module, list[str]]:
     """Replace activation modules by IAT-ReLU (or any IAT given ``iat_kwargs``).
 
-    An IAT needs its feature size d, which an ``nn.ReLU`` does not know: one
-    forward pass of ``example_input`` (a tensor, or a tuple of positional
-    arguments) records the last dimension each activation sees.  Activations
-    the pass never reaches are left unchanged.  Only module activations can be
-    swapped (``F.relu`` calls inside ``forward`` are invisible).
+    An IAT needs its feature size d and the dimension that holds it, which an
+    ``nn.ReLU`` does not know: one forward pass of ``example_input`` (a tensor, or
+    a tuple of positional arguments) records, for each activation, its input shape
+    and the last layer before it whose output layout is known: ``nn.Linear``,
+    ``LayerNorm``, ``Embedding`` (features last: ``dim=-1``) or a convolution,
+    batch / group / instance norm (channels first: ``dim=1``).  A 1-D or 2-D input
+    has only one candidate.  Anything else (e.g. a 3-D input after an unknown
+    layer, or a size that does not match that layer's) is refused with a
+    ``ValueError`` rather than guessed.  Activations the pass never reaches are
+    left unchanged.  Only module activations can be swapped (``F.relu`` calls
+    inside ``forward`` are invisible).
 
     Args:
         model: any module; edited in place.
@@ -138,14 +175,21 @@ def swap_activations(
         (model, names of the swapped modules)
     """
     _check_names(model, include)
-    sizes: dict[str, int] = {}
+    seen: dict[str, tuple[torch.Size, tuple[str, int, int] | None]] = {}
+    last: list[tuple[str, int, int] | None] = [None]  # the latest identified producer
     handles = []
     for name, mod in model.named_modules():
         if name and isinstance(mod, activations) and _selected(name, mod, include):
-            def hook(module: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+            def pre(module: nn.Module, args: tuple, name: str = name) -> None:
                 if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
-                    sizes.setdefault(name, args[0].shape[-1])
-            handles.append(mod.register_forward_hook(hook))
+                    seen.setdefault(name, (args[0].shape, last[0]))
+            handles.append(mod.register_forward_pre_hook(pre))
+        elif isinstance(mod, (*_LAST_DIM, *_CHANNEL_DIM)):
+            def post(module: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+                if isinstance(out, torch.Tensor):
+                    found = _features_of(module, out)
+                    last[0] = None if found is None else (name, *found)
+            handles.append(mod.register_forward_hook(post))
     was_training = model.training
     model.eval()
     try:
@@ -155,9 +199,10 @@ def swap_activations(
         for h in handles:
             h.remove()
         model.train(was_training)
+    dims = {name: _feature_dim(name, shape, producer) for name, (shape, producer) in seen.items()}
     ref = next(iter(model.parameters()), None)
     factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-    for name, d in sizes.items():
-        new = IAT(d, **{**factory, **iat_kwargs})
+    for name, dim in dims.items():
+        new = IAT(seen[name][0][dim], **{**factory, "dim": dim, **iat_kwargs})
         _set_submodule(model, name, new)
-    return model, list(sizes)
+    return model, list(dims)

@@ -158,9 +158,12 @@ class IAT(nn.Module):
         trainable: make the discretised bases ``P`` and ``Qw`` trainable parameters.
         implementation: ``"auto"`` (fast unless trainable), ``"fast"`` or ``"reference"``.
         check_finite: raise on NaN/inf input (costs a device sync, breaks compile graphs).
+        dim: the dimension that holds the d features (default -1, as ``nn.Linear``);
+            ``dim=1`` for channels-first activations such as a convolution's (N, C, H, W)
+            output, as ``nn.Softmax(dim)`` takes it.
 
     Shape:
-        input (..., d) -> output (..., m).
+        input (..., d) -> output (..., m); with ``dim``: d at ``dim`` -> m at ``dim``.
     """
 
     def __init__(
@@ -178,8 +181,12 @@ class IAT(nn.Module):
         check_finite: bool = False,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        dim: int = -1,
     ) -> None:
         super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {dim!r}")
+        self.dim = dim
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}"
@@ -283,13 +290,25 @@ class IAT(nn.Module):
 
     # -- forward ----------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Apply the transform to ``z`` (..., d) -> (..., m)."""
+        """Apply the transform to ``z`` (..., d) -> (..., m) (d and m at ``self.dim``)."""
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"IAT expects a torch.Tensor, got {type(z).__name__}")
+        if self.dim != -1:
+            if not -z.dim() <= self.dim < z.dim():
+                raise ValueError(f"IAT(dim={self.dim}) got an input with {z.dim()} dimensions, "
+                                 f"shape {tuple(z.shape)}")
+            if z.shape[self.dim] != self.in_features:
+                raise ValueError(f"IAT(dim={self.dim}) expects {self.in_features} features at dimension "
+                                 f"{self.dim}, got shape {tuple(z.shape)}")
+            return self._transform(z.movedim(self.dim, -1)).movedim(-1, self.dim)
         if z.dim() == 0 or z.shape[-1] != self.in_features:
             raise ValueError(
                 f"IAT expects input of shape (..., {self.in_features}), got {tuple(z.shape)}"
             )
+        return self._transform(z)
+
+    def _transform(self, z: torch.Tensor) -> torch.Tensor:
+        """The transform over the last dimension, (..., d) -> (..., m)."""
         if not z.is_floating_point():
             raise TypeError(f"IAT expects a floating point input, got {z.dtype}")
         if z.dtype != self.P.dtype:
@@ -325,6 +344,7 @@ class IAT(nn.Module):
             f"basis={basis_name(self.basis)}, num_points={self.num_points}, "
             f"quadrature={self.quadrature}, zero_mean={self.zero_mean}, q={q}, "
             f"nonlinearity={self.sigma_name}, trainable={self.trainable}"
+            + (f", dim={self.dim}" if self.dim != -1 else "")
         )
 
 
