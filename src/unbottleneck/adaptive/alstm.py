@@ -480,6 +480,13 @@ class ALSTM(nn.Module):
             (output, state): output (T, B, H_last) (batch-first / unbatched likewise), the
             top layer's ``h_t`` before dropout; the final :data:`ALSTMState`.
         """
+        p = self.layers[0].weight_ih
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+            # Precision policy under autocast: the recurrence (and the state it carries across
+            # segments) stays in the parameters' dtype; the output returns in the input's dtype.
+            with torch.autocast(x.device.type, enabled=False):
+                out, state = self.forward(x.to(p.dtype), state, masks=masks, fix_policy=fix_policy)
+            return out.to(x.dtype), state
         self._check_input(x)
         if x.dim() == 3 and x.shape[0 if self.batch_first else 1] == 0:
             return self._empty_batch(x, state)

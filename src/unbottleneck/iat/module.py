@@ -311,6 +311,12 @@ class IAT(nn.Module):
         """The transform over the last dimension, (..., d) -> (..., m)."""
         if not z.is_floating_point():
             raise TypeError(f"IAT expects a floating point input, got {z.dtype}")
+        if torch.is_autocast_enabled(z.device.type):
+            # Precision policy under autocast: the quadrature sums run in the module's own
+            # dtype (float32 by default) and the result goes back in the input's dtype, so
+            # the next autocast layer continues in low precision.
+            with torch.autocast(z.device.type, enabled=False):
+                return self._transform(z.to(self.P.dtype)).to(z.dtype)
         if z.dtype != self.P.dtype:
             raise TypeError(
                 f"input dtype {z.dtype} does not match the IAT's dtype {self.P.dtype}; "

@@ -1,0 +1,62 @@
+"""Mixed precision: IAT, AdaptiveLinear and ALSTM under torch.autocast (CPU bfloat16) against float32.
+
+Precision policy (README): the IAT's quadrature sums and the aLSTM's recurrence run in the
+module's own dtype with autocast off; outputs return in the input's dtype; the aLSTM state
+stays in the parameters' dtype.  Tolerances are bfloat16's: 8 bits of mantissa.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from unbottleneck import IAT, AdaptiveLinear
+from unbottleneck.adaptive import ALSTM
+
+
+@pytest.mark.parametrize("basis, q", [("rectangular", "dual"), ("piecewise_linear", "normalized"),
+                                      ("piecewise_linear", "dual"), ("fourier", "dual")])
+def test_iat_between_linears_under_bf16_autocast(basis, q):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 64), IAT(64, basis=basis, q=q), nn.Linear(64, 4))
+    x = torch.randn(32, 8)
+    ref = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+        assert net[1](torch.randn(5, 64).bfloat16()).dtype == torch.bfloat16  # back in the input's dtype
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), ref, atol=0.03 * float(ref.detach().abs().max()))
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_iat_under_autocast_matches_its_float32_map_exactly_on_float32_input():
+    act = IAT(32, basis="fourier")
+    z = torch.randn(16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = act(z)
+    assert y.dtype == torch.float32 and torch.equal(y, act(z))
+
+
+def test_adaptive_linear_under_autocast():
+    torch.manual_seed(0)
+    layer = AdaptiveLinear(16, 8, policy="io")
+    x = torch.randn(10, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert torch.allclose(y.float(), layer(x), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "reference"])
+def test_alstm_under_bf16_autocast(implementation):
+    torch.manual_seed(0)
+    m = ALSTM(8, 12, 4, num_layers=2, implementation=implementation)
+    x = torch.randn(6, 3, 8)
+    masks = m.sample_masks(3)
+    ref, _ = m(x, masks=masks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = m(x.bfloat16(), masks=masks)
+        out2, _ = m(x.bfloat16(), state, masks=masks)  # the float32 state goes back in
+    assert out.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for s in state for t in s)
+    assert torch.allclose(out.float(), ref, atol=0.02)
+    out2.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
