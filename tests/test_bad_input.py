@@ -88,3 +88,29 @@ def test_report_html_renders_markdown_links():
     assert '<a href="x?y=1&amp;z=2">a &amp; b</a>' in html
     assert "<code>[code](not-a-link)</code>" in html
     assert "[report](" not in html
+
+
+def test_package_conventions():
+    from pathlib import Path
+
+    import unbottleneck
+
+    assert unbottleneck.ALSTM is ALSTM and "ALSTM" in unbottleneck.__all__
+    root = Path(unbottleneck.__file__).parent
+    assert (root / "py.typed").is_file()
+    assert (root.parents[1] / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_top_level_help_names_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("list", "run", "reproduce", "bench"):
+        assert command in out
+    assert "reproduce every seed claim" in out
+
+
+@pytest.mark.parametrize("value", ["false", "true"])
+def test_quick_is_set_by_the_flag_only(value, capsys, tmp_path):
+    assert main(["run", "lm", "--quick", "--set", f"quick={value}", "--out", str(tmp_path)]) == 2
+    assert "with --quick, not --set quick" in capsys.readouterr().err

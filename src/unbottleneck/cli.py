@@ -15,7 +15,8 @@ from . import __version__
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unbottleneck",
-        description="Breaking the activation function bottleneck: run experiments and list them.",
+        description="Breaking the activation function bottleneck: list and run the experiments, "
+                    "reproduce every seed claim in one report (reproduce), benchmark the kernels (bench).",
     )
     parser.add_argument("--version", action="version", version=f"unbottleneck {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -44,6 +44,9 @@ class Experiment:
     needs_data: tuple[str, ...] = ()
 
     def make_config(self, quick: bool = False, overrides: Iterable[str] = ()) -> Any:
+        overrides = list(overrides)
+        if any(o.split("=", 1)[0].strip() == "quick" for o in overrides):
+            raise ConfigError("set the smoke-test size with --quick, not --set quick=...")
         cfg = self.config_cls()
         if quick:
             cfg = dataclasses.replace(cfg, **self.quick)
