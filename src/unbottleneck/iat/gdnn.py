@@ -86,7 +86,17 @@ class GDNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
-        h = self.linears[0](x)
+        first = self.linears[0]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"GDNN expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != first.in_features:
+            raise ValueError(f"GDNN expects input of shape (..., {first.in_features}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"GDNN expects a floating point input, got {x.dtype}")
+        if x.dtype != first.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"GDNN input dtype {x.dtype} does not match its parameters' {first.weight.dtype}; "
+                            "cast one of them or run under torch.autocast")
+        h = first(x)
         for act, lin in zip(self.activations, self.linears[1:], strict=False):
             h = lin(act(h))
         return h
