@@ -114,3 +114,50 @@ def test_top_level_help_names_every_command(capsys):
 def test_quick_is_set_by_the_flag_only(value, capsys, tmp_path):
     assert main(["run", "lm", "--quick", "--set", f"quick={value}", "--out", str(tmp_path)]) == 2
     assert "with --quick, not --set quick" in capsys.readouterr().err
+
+
+class Custom:
+    """An arbitrary object: what a checkpoint of this library never holds."""
+
+
+def test_corrupt_checkpoints_say_what_is_wrong_and_what_to_do(tmp_path):
+    from unbottleneck.training import CheckpointError, load_checkpoint
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\).*delete it"):
+        load_checkpoint(empty)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 8)
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint archive") as exc:
+        load_checkpoint(garbage)
+    assert "weights_only" not in str(exc.value)
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"x": Custom()}, pickled)
+    with pytest.raises(CheckpointError, match="objects other than tensors") as exc:
+        load_checkpoint(pickled)
+    assert "weights_only" not in str(exc.value)
+
+
+def test_lm_list_entry_names_the_resume_flag(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume continues" in out and "resume=true" not in out
+
+
+def test_progress_bars_stay_out_of_non_terminal_logs(tmp_path, capsys):
+    # pytest's captured stderr is not a terminal: a run with progress on writes no bar redraws
+    assert main(["run", "iat-memorize", "--quick", "--out", str(tmp_path), "--set", "epochs=2",
+                 "--set", "n_samples=40"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err
+
+
+def test_resume_is_offered_only_where_it_works(capsys, tmp_path):
+    assert main(["run", "iat-fit", "--quick", "--resume", "--out", str(tmp_path)]) == 2
+    assert "iat-fit cannot resume" in capsys.readouterr().err
+    from unbottleneck.experiments import get_experiment
+
+    assert get_experiment("mnist-bottleneck").resumable and get_experiment("lm-compare").resumable
+    assert not get_experiment("iat-points").resumable

@@ -160,18 +160,22 @@ def test_resume_reuses_a_finished_step_and_runs_the_rest(tmp_path, offline, monk
     assert ran == [("iat-memorize", False)]
 
 
-def test_resume_continues_an_interrupted_step_from_its_checkpoints(tmp_path, offline, monkeypatch):
-    """A step folder whose config.json matches but that has no results: resumed, not restarted."""
+def test_resume_continues_an_interrupted_step_from_its_checkpoints(tmp_path, monkeypatch, shared_data):
+    """A step folder whose config.json matches but that has no results: resumed when the
+    experiment can resume (mnist-bottleneck), started over when it cannot (iat-memorize)."""
     from unbottleneck.experiments import reproduce
 
-    run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["iat-memorize"], overrides=TINY)
-    (tmp_path / "iat-memorize" / "results.json").unlink()  # as if stopped before the end
+    tiny = {"mnist-seed": TINY_MNIST, **TINY}
+    run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["mnist-seed", "iat-memorize"],
+                  overrides=tiny)
+    for step in ("mnist-seed", "iat-memorize"):
+        (tmp_path / step / "results.json").unlink()  # as if stopped before the end
     ran = []
     monkeypatch.setattr(reproduce, "run_experiment",
-                        lambda name, **kw: ran.append(kw["resume"]) or {"metrics": {}, "quick": True})
-    run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["iat-memorize"], overrides=TINY,
-                  resume=True)
-    assert ran == [True]
+                        lambda name, **kw: ran.append((name, kw["resume"])) or {"metrics": {}, "quick": True})
+    run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["mnist-seed", "iat-memorize"],
+                  overrides=tiny, resume=True)
+    assert ran == [("iat-memorize", False), ("mnist-bottleneck", True)]
 
 
 def test_an_interrupted_reproduce_still_writes_the_report_of_finished_steps(tmp_path, offline, monkeypatch):

@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="Run an experiment; outputs go to --out (default runs/NAME).")
     run.add_argument("name", help="experiment name (see `unbottleneck list`)")
     run.add_argument("--quick", action="store_true", help="small, fast variant (smoke test)")
-    run.add_argument("--out", default=None, help="output folder (default runs/NAME[-quick])")
+    run.add_argument("--out", default=None, help="output folder (default runs/NAME, runs/NAME-quick with --quick)")
     run.add_argument("--data-dir", default=None,
                      help="folder holding the datasets (else $UNBOTTLENECK_DATA, else ~/.cache)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -215,6 +215,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if not _set_threads(args.threads):
         return 2
+    if args.resume and not exp.resumable:
+        print(f"unbottleneck: error: {args.name} cannot resume (it runs in minutes and starts over); "
+              "run it without --resume", file=sys.stderr)
+        return 2
     from .data import ChecksumError, DatasetNotFoundError
     from .training import CheckpointError, TrainingDiverged, TrainingInterrupted
 
@@ -236,6 +240,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"unbottleneck: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
+        if not exp.resumable:
+            print(f"unbottleneck: {exc}\n{args.name} starts over when run again: {_command(argv)}",
+                  file=sys.stderr)
+            return exc.exit_code
         resume = [a for a in argv if a != "--resume"] + ([] if args.out else ["--out", out])
         print(f"unbottleneck: {exc}\nresume with: {_command([*resume, '--resume'])}",
               file=sys.stderr)

@@ -112,8 +112,9 @@ def _history_rows(history: list[dict]) -> list[dict]:
     LMRunConfig,
     quick={"quick": True},
     summary="word-level LM on PTB/WikiText-2 (aLSTM, LSTM, AWD-LSTM); --set preset="
-            + "|".join(PRESETS) + "; resume=true continues from --out",
+            + "|".join(PRESETS) + "; --resume continues from --out",
     needs_data=("ptb", "wikitext-2"),
+    resumable=True,
 )
 def run(run_cfg, ctx: RunContext) -> dict:
     cfg = run_cfg.resolve()

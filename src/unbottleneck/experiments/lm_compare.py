@@ -263,6 +263,7 @@ def report(cfg: LMCompareConfig, ctx: RunContext, summary: dict, checks: list[di
     summary="aLSTM vs LSTM vs AWD-LSTM (small, equal parameters): same tuning grid, learning curves "
             "over seeds, epochs to reach the LSTM's best",
     needs_data=("ptb",),
+    resumable=True,
 )
 def run(cfg: LMCompareConfig, ctx: RunContext) -> dict:
     grid, runs, checks = sweep(cfg, ctx)

@@ -136,6 +136,7 @@ def _train_sample(run_cfg, corpus, threshold: float) -> dict:
     summary="dropout-rate robustness: random rates within ±0.1, brief training, val ppl spread "
             "of aLSTM vs LSTM",
     needs_data=("ptb",),
+    resumable=True,
 )
 def run(cfg: LMRobustnessConfig, ctx: RunContext) -> dict:
     import matplotlib.pyplot as plt

@@ -91,6 +91,7 @@ def train_unclipped(run_cfg, corpus) -> dict:
     quick={"bptt": 40, "updates": 4, "seeds": 1, "eval_tokens": 600, "tiny": True},
     summary="no gradient clipping, BPTT 500: gradient-norm traces and divergence, aLSTM vs LSTM",
     needs_data=("ptb",),
+    resumable=True,
 )
 def run(cfg: LMStabilityConfig, ctx: RunContext) -> dict:
     bases = {m: get_preset(m, quick=cfg.tiny, device=cfg.device, clip=0.0, bptt=cfg.bptt,

@@ -403,6 +403,7 @@ def train_one(variant: str, seed: int, cfg: MNISTBottleneckConfig, data: dict, b
     summary="MNIST MLP (seed or modern regime): sigmoid / ReLU / SVA / IOA accuracy and "
             "activation-effect distributions",
     needs_data=("mnist",),
+    resumable=True,
 )
 def run(cfg: MNISTBottleneckConfig, ctx: RunContext) -> dict:
     cfg = cfg.resolve()

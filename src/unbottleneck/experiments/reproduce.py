@@ -138,11 +138,12 @@ def _run_step(step: Step, quick: bool, sets: list[str], out: Path, resume: bool,
     """Run (or, with ``resume``, reuse or continue) one step; failures become an Outcome."""
     t0 = time.time()
     try:
-        config = get_experiment(step.experiment).make_config(quick=quick, overrides=sets)
+        exp = get_experiment(step.experiment)
+        config = exp.make_config(quick=quick, overrides=sets)
         if resume and (done := _finished(out, quick, config)) is not None:
             return Outcome(step, "ok", "reused: finished by an earlier run", results=done,
                            seconds=float(done.get("wall_time_s", 0.0)))
-        again = resume and (out / "config.json").is_file() and \
+        again = resume and exp.resumable and (out / "config.json").is_file() and \
             json.loads((out / "config.json").read_text()) == _jsonable(config)
         results = run_experiment(step.experiment, quick=quick, overrides=sets, out_dir=out,
                                  resume=again, **kwargs)

@@ -42,6 +42,7 @@ class Experiment:
     quick: dict[str, Any]
     summary: str
     needs_data: tuple[str, ...] = ()
+    resumable: bool = False  # --resume continues it from its checkpoints / stored sub-runs
 
     def make_config(self, quick: bool = False, overrides: Iterable[str] = ()) -> Any:
         overrides = list(overrides)
@@ -57,7 +58,8 @@ REGISTRY: dict[str, Experiment] = {}
 
 
 def register(
-    name: str, config: type, quick: dict[str, Any], summary: str, needs_data: tuple[str, ...] = ()
+    name: str, config: type, quick: dict[str, Any], summary: str, needs_data: tuple[str, ...] = (),
+    resumable: bool = False,
 ) -> Callable:
     """Decorator adding ``fn(cfg, ctx) -> dict`` to the registry under ``name``."""
     if not dataclasses.is_dataclass(config):
@@ -67,7 +69,7 @@ def register(
         raise TypeError(f"quick overrides name unknown fields: {sorted(unknown)}")
 
     def wrap(fn: Callable) -> Callable:
-        REGISTRY[name] = Experiment(name, config, fn, dict(quick), summary, needs_data)
+        REGISTRY[name] = Experiment(name, config, fn, dict(quick), summary, needs_data, resumable)
         return fn
 
     return wrap
@@ -221,11 +223,13 @@ class RunContext:
         return self.dist.is_main
 
     def bar(self, total: int, desc: str):
-        """A tqdm progress bar (silent when progress is off, and on ranks other than 0)."""
+        """A tqdm progress bar (silent when progress is off, on ranks other than 0, and when
+        stderr is not a terminal: a log file would fill with carriage-return redraws)."""
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, disable=not (self.progress and self.writes), leave=False,
-                    dynamic_ncols=True, file=sys.stderr)
+        shown = self.progress and self.writes and sys.stderr.isatty()
+        return tqdm(total=total, desc=desc, disable=not shown, leave=False, dynamic_ncols=True,
+                    file=sys.stderr)
 
     def _record(self, name: str) -> Path:
         if name not in self.files:

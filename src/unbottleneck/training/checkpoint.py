@@ -71,11 +71,23 @@ def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write that made it did not "
+                              "finish; delete it to start that run over")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged zip archives
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; the file is damaged or "
-                              "truncated; delete it to start over") from exc
+        # torch's own advice (weights_only=False) would run arbitrary code from the file:
+        # say what is wrong in our words instead.
+        import zipfile
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not zipfile.is_zipfile(path):
+            first = "it is not a PyTorch checkpoint archive"
+        elif "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            first = "it holds objects other than tensors and plain data, which this library never writes"
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}; the file is damaged or "
+                              "truncated (or not one of ours); delete it to start that run over") from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict")
     if kind is not None and ckpt.get("kind") != kind:
