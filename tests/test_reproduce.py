@@ -211,3 +211,14 @@ def test_reproduce_exits_2_and_says_why_when_every_step_is_skipped(tmp_path, mon
     assert "every step was skipped" in err
     assert "skipped lm-ptb-alstm: needs a GPU" in err and "skipped mnist-seed: dataset `mnist`" in err
     assert (tmp_path / "report.md").is_file()  # the report still says what was skipped
+
+
+def test_docs_claims_lists_every_claim_as_the_code_does():
+    from pathlib import Path
+
+    from unbottleneck.experiments.claims import claims_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "claims.md"
+    assert doc.read_text() == claims_markdown(), "regenerate docs/claims.md from claims_markdown()"
+    for c in CLAIMS:
+        assert f"`{c.id}`" in doc.read_text()

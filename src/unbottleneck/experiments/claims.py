@@ -337,3 +337,27 @@ CLAIMS: list[Claim] = [
 
 def claims_for(step: str) -> list[Claim]:
     return [c for c in CLAIMS if step in c.steps]
+
+
+def claims_markdown() -> str:
+    """``docs/claims.md``: every claim, the steps that measure it and its criterion (from :data:`CLAIMS`)."""
+    from .common import markdown_table
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    rows = [[f"`{c.id}`", c.area, cell(c.claim), cell(c.criterion), ", ".join(f"`{s}`" for s in c.steps)]
+            for c in CLAIMS]
+    return "\n".join([
+        "# The seeds' claims and how `unbottleneck reproduce` judges them",
+        "",
+        "Generated from `src/unbottleneck/experiments/claims.py` (a test keeps this file in step with it).",
+        "Each claim is what one of the two seed texts (the Integral Activation Transform, arXiv 2312.12578;",
+        "adaptive parameterization, NeurIPS 2018, arXiv 1805.08574) states; the criterion is this project's",
+        "own reading, fixed in code before any run judges it.  Claims whose criterion compares runs seed by",
+        "seed (the aLSTM ones) are met only if every seed agrees, not met only if none does, and undecided",
+        "otherwise; the others compare means over seeds, as their criterion says.",
+        "",
+        markdown_table(["id", "area", "seed claim", "criterion", "measured by"], rows),
+        "",
+    ])
