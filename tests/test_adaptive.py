@@ -30,7 +30,7 @@ class Ones(nn.Module):
 
 
 def hand_written(layer, x, c):
-    """The SPEC formulas, written out per sample with explicit diagonal matrices."""
+    """The paper's formulas, written out per sample with explicit diagonal matrices."""
     pi = layer.policy_net(c)
     outs = []
     for xi, pii in zip(x.reshape(-1, x.shape[-1]), pi.reshape(-1, pi.shape[-1]), strict=True):

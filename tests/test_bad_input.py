@@ -161,3 +161,30 @@ def test_resume_is_offered_only_where_it_works(capsys, tmp_path):
 
     assert get_experiment("mnist-bottleneck").resumable and get_experiment("lm-compare").resumable
     assert not get_experiment("iat-points").resumable
+
+
+def test_reports_count_in_english(tmp_path):
+    from unbottleneck.experiments.common import plural
+
+    assert plural(1, "seed") == "1 seed" and plural(3, "epoch") == "3 epochs" and plural(0, "step") == "0 steps"
+    assert main(["run", "iat-memorize", "--quick", "--no-progress", "--out", str(tmp_path), "--set", "seeds=1",
+                 "--set", "epochs=1", "--set", "n_samples=40"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "1 epoch, 1 seed;" in report and "1 seeds" not in report and "seed(s)" not in report
+
+
+def test_a_failed_run_leaves_the_earlier_config_beside_the_earlier_report(tmp_path, monkeypatch):
+    from unbottleneck.experiments import iat_memorize
+
+    args = ["run", "iat-memorize", "--quick", "--no-progress", "--out", str(tmp_path), "--set", "epochs=1",
+            "--set", "n_samples=40"]
+    assert main(args) == 0
+    before = (tmp_path / "config.json").read_text()
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(iat_memorize, "make_mlp", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        main([*args, "--set", "width=7"])
+    assert (tmp_path / "config.json").read_text() == before  # still the config of the report beside it

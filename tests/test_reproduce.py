@@ -222,3 +222,15 @@ def test_docs_claims_lists_every_claim_as_the_code_does():
     assert doc.read_text() == claims_markdown(), "regenerate docs/claims.md from claims_markdown()"
     for c in CLAIMS:
         assert f"`{c.id}`" in doc.read_text()
+
+
+def test_every_log_line_of_a_reproduce_names_its_step(tmp_path, capsys, shared_data):
+    from unbottleneck.experiments import run_experiment
+
+    run_reproduce(quick=True, out_dir=tmp_path, progress=False, only=["iat-memorize"], overrides=TINY)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "reproduce: iat-memorize: started" and err[1].startswith("reproduce: iat-memorize: ok, ")
+    # a training that logs (the language model) names the step it runs for
+    run_experiment("lm", quick=True, out_dir=tmp_path / "lm", progress=False, label="reproduce [lm-x]")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and all(line.startswith("reproduce [lm-x]: ") for line in lines)

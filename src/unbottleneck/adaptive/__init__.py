@@ -1,4 +1,4 @@
-"""Adaptive parameterization: layers whose weights adapt to the input (SPEC section 2)."""
+"""Adaptive parameterization: layers whose weights adapt to the input (arXiv 1805.08574)."""
 
 from .alstm import ALSTM, ALSTMCell, ALSTMCellState, ALSTMMasks, ALSTMState
 from .linear import INITS, POLICIES, AdaptiveLinear

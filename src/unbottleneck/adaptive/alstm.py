@@ -1,4 +1,4 @@
-"""Adaptive LSTM (aLSTM, SPEC section 3): an LSTM whose weights adapt at every step.
+"""Adaptive LSTM (aLSTM; arXiv 1805.08574): an LSTM whose weights adapt at every step.
 
 One layer (:class:`ALSTMCell`) with input size n, hidden size H and adaptation
 size K computes, at step t,

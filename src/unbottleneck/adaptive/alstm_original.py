@@ -18,7 +18,7 @@ pi_b    ``[n+9H, n+13H)``    ``[4H, 8H)`` (equal to pi_v)
 so ``pi_u`` overlaps ``pi_x``/``pi_h``/``pi_v``, ``pi_b`` is ``pi_v``, and rows beyond
 ``max(n + H, 8H)`` of ``Pi`` are never used.  The published perplexities (58.7 / 56.5
 on PTB) come from this function.  ``ALSTM(..., policy_layout="original")`` computes it
-exactly; the default ``"contiguous"`` is the split the code's docstrings (and SPEC)
+exactly; the default ``"contiguous"`` is the split the code's docstrings (and the paper)
 describe.
 
 **State dicts.**  :func:`convert_original_state_dict` maps that code's ``aLSTM``

@@ -1,7 +1,7 @@
 """Adaptation policies: maps from a conditioning input c to adaptation vectors pi(c).
 
 An adaptive layer multiplies parts of a static linear map element-wise by
-``pi(c)`` (SPEC section 2).  The policy is the only place the layer's
+``pi(c)`` (arXiv 1805.08574).  The policy is the only place the layer's
 non-linearity comes from (besides any activation after it), so its form is a
 design choice exposed to the user:
 

@@ -1,8 +1,8 @@
 """Adaptive LSTM training throughput against ``nn.LSTM`` and the per-step reference.
 
 Training tokens/s of one forward + backward (gradients w.r.t. the input and every
-parameter; no optimizer step) over a BPTT segment, at the PTB sizes of SPEC
-section 3 (400 -> 1150 -> 400, K = 100, batch 20, BPTT 70):
+parameter; no optimizer step) over a BPTT segment, at the paper's PTB sizes
+(400 -> 1150 -> 400, K = 100, batch 20, BPTT 70):
 
 * ``bare stack``: ``ALSTM(400, 1150, 100, 2, output_size=400)`` in training mode
   (dropout_hidden 0.25, dropout_adapt 0.1), fused implementation, against

@@ -1,4 +1,4 @@
-"""The seeds' claims (``SPEC.md``) and how each is checked against measured results.
+"""The seeds' claims (listed in ``docs/claims.md``) and how each is checked against measured results.
 
 Every :class:`Claim` names the reproduction steps that measure it (see
 :data:`~unbottleneck.experiments.reproduce.PLAN`) and a ``check`` function that

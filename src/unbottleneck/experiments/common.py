@@ -15,6 +15,11 @@ from ..iat import IAT
 ACTIVATIONS = ("relu", "iat-rectangular", "iat-piecewise_linear", "iat-fourier")
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 seed"``, ``"3 seeds"``: counts in reports read as English."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def require_positive(cfg: Any, *keys: str) -> None:
     """Config validation: raise ``ValueError("<key> must be >= 1")`` for the first field
     of ``keys`` below 1."""

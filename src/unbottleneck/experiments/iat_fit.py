@@ -22,6 +22,7 @@ from .common import (
     make_mlp,
     markdown_table,
     mean_std,
+    plural,
     require_lr,
     require_nonempty,
     require_positive,
@@ -181,7 +182,7 @@ def run(cfg: IATFitConfig, ctx: RunContext) -> dict:
         ax.set_yscale("log")
         ax.set_xlabel("Adam step")
         ax.set_ylabel("test MSE")
-        ax.set_title(f"iat-fit: {target} (mean, min-max over {cfg.seeds} seeds)")
+        ax.set_title(f"iat-fit: {target} (mean, min-max over {plural(cfg.seeds, 'seed')})")
         ax.legend()
         ctx.savefig(fig, f"curves_{target}.png")
     t1 = [t for t in cfg.targets if t in TARGETS_1D]
@@ -217,7 +218,7 @@ def run(cfg: IATFitConfig, ctx: RunContext) -> dict:
         "",
         f"MLP with {cfg.depth} hidden layers of width {cfg.width}; IAT layers use M = "
         f"{cfg.points_factor} x width midpoint nodes, q = dual.  Full-batch Adam (lr {cfg.lr}), "
-        f"{cfg.steps} steps, {cfg.seeds} seed(s); mean ± std over seeds.  Smoothness is the RMS "
+        f"{plural(cfg.steps, 'step')}, {plural(cfg.seeds, 'seed')}; mean ± std over seeds.  Smoothness is the RMS "
         "second derivative (1-D) or RMS Laplacian (2-D) of the fit on the test grid; the target's "
         "own value is given for scale.  TV ratio = total variation of fit / of target (1-D).",
         "",

@@ -22,6 +22,7 @@ from .common import (
     make_mlp,
     markdown_table,
     mean_std,
+    plural,
     require_lr,
     require_nonempty,
     require_positive,
@@ -163,7 +164,7 @@ def run(cfg: IATMemorizeConfig, ctx: RunContext) -> dict:
     ax.set_xlabel("epoch")
     ax.set_ylabel("training accuracy (random labels)")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"iat-memorize: {cfg.dataset}, n={cfg.n_samples} (mean, min-max over {cfg.seeds} seeds)")
+    ax.set_title(f"iat-memorize: {cfg.dataset}, n={cfg.n_samples} (mean, min-max over {plural(cfg.seeds, 'seed')})")
     ax.legend()
     ctx.savefig(fig, "train_accuracy.png")
 
@@ -189,7 +190,7 @@ def run(cfg: IATMemorizeConfig, ctx: RunContext) -> dict:
         f"{cfg.n_samples} {inputs} with labels drawn uniformly from {cfg.num_classes} classes. "
         f"MLP with {cfg.depth} hidden layers of width {cfg.width}; IAT layers use M = "
         f"{cfg.points_factor} x width nodes.  Adam lr {cfg.lr}, batch {cfg.batch_size}, "
-        f"{cfg.epochs} epochs, {cfg.seeds} seed(s); mean ± std over seeds.",
+        f"{plural(cfg.epochs, 'epoch')}, {plural(cfg.seeds, 'seed')}; mean ± std over seeds.",
         "",
         markdown_table(["activation", "params", "final train acc", "best train acc",
                         "epochs to 50%", "epochs to 90%", "s/epoch"], table),

@@ -15,7 +15,7 @@ import torch
 from ..iat import IAT, pattern_jump
 from ..training import seed_everything
 from . import iat_fit, iat_memorize
-from .common import check_activation, fmt, markdown_table, mean_std, require_nonempty
+from .common import check_activation, fmt, markdown_table, mean_std, plural, require_nonempty
 from .runner import RunContext, register
 
 
@@ -136,9 +136,9 @@ def run(cfg: IATPointsConfig, ctx: RunContext) -> dict:
         "",
         f"Fit: target `{cfg.target}`, width {cfg.fit_width}, {cfg.fit_steps} Adam steps.  "
         + (f"Memorisation: the `iat-memorize` setting (width {mem_cfg.width}, depth {mem_cfg.depth}, "
-           f"{mem_cfg.n_samples} random-label samples) for {cfg.memorize_epochs} epochs.  "
+           f"{mem_cfg.n_samples} random-label samples) for {plural(cfg.memorize_epochs, 'epoch')}.  "
            if cfg.memorize else "")
-        + f"{cfg.seeds} seed(s), mean ± std.  The Jacobian jump is the largest change of S(z) "
+        + f"{plural(cfg.seeds, 'seed')}, mean ± std.  The Jacobian jump is the largest change of S(z) "
         "between neighbouring points of a fine path (width "
         f"{mem_cfg.width}): O(1) for the rectangular basis, shrinking like 1/M for continuous ones.",
         "",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import typing
 from dataclasses import field, fields, make_dataclass
 from typing import Optional
@@ -65,10 +64,6 @@ LMRunConfig.__doc__ = (
     "Config of the ``lm`` experiment: a preset name, control flags, and every LMConfig field "
     "(None = the preset's value)."
 )
-
-
-def _log(msg: str) -> None:
-    print(f"lm: {msg}", file=sys.stderr, flush=True)
 
 
 def _plot(ctx: RunContext, history: list[dict], curve: list[dict], cfg: LMConfig, title: str,
@@ -125,7 +120,7 @@ def run(run_cfg, ctx: RunContext) -> dict:
         )
     corpus = load_corpus(cfg.dataset, data_dir=ctx.data_dir)
     ckpt = ctx.out_dir / CHECKPOINT_NAME
-    log = _log if ctx.writes else (lambda msg: None)
+    log = ctx.log
     if run_cfg.resume or ctx.resume:
         if not ckpt.exists():
             raise ConfigError(f"resume requested but there is no checkpoint at {ckpt}")

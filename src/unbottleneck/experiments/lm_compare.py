@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from ..data.corpus import load_corpus
 from ..lm import LMConfig, LMTrainer, TrainingDiverged, alstm_available, get_preset
 from .cache import RunCache
-from .common import markdown_table, mean_std, require_positive, require_presets
+from .common import markdown_table, mean_std, plural, require_positive, require_presets
 from .runner import ConfigError, RunContext, register
 
 DROPOUTS = ("dropoute", "dropouti", "dropouth", "dropouta", "dropouto", "wdrop")
@@ -204,7 +204,7 @@ def figures(cfg: LMCompareConfig, runs: dict, ctx: RunContext) -> str:
         ax.set_ylabel("validation perplexity")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-    axes[0].set_title(f"learning curves, {cfg.seeds} seeds each (best grid point per model)")
+    axes[0].set_title(f"learning curves, {plural(cfg.seeds, 'seed')} each (best grid point per model)")
     return ctx.savefig(fig, "curves.png").name
 
 
@@ -229,7 +229,7 @@ def report(cfg: LMCompareConfig, ctx: RunContext, summary: dict, checks: list[di
         f"Tuning: every model trains once per grid point (lr in {list(cfg.lrs)} x dropout scale in "
         f"{list(cfg.dropout_scales)}: every dropout rate and weight drop times the scale) for "
         f"{cfg.tune_batches} batches, validated on the first {cfg.eval_tokens or 'all'} validation "
-        f"tokens; the best point of each model is then trained for {cfg.epochs} epochs of "
+        f"tokens; the best point of each model is then trained for {plural(cfg.epochs, 'epoch')} of "
         f"{cfg.max_batches or 'all'} batches (consecutive stretches of the corpus) with {cfg.seeds} "
         f"seeds.  Test perplexity on the first {cfg.eval_tokens or 'all'} test tokens.", "",
         markdown_table(["model", "params", "chosen", "best val ppl (mean ± std)", "per seed", "test ppl",

@@ -45,7 +45,7 @@ import torch
 from ..data.corpus import load_corpus, unigram_perplexity
 from ..lm import LMTrainer, TrainingDiverged, alstm_available, get_preset
 from .cache import RunCache
-from .common import markdown_table, mean_std, require_positive, require_presets
+from .common import markdown_table, mean_std, plural, require_positive, require_presets
 from .runner import ConfigError, RunContext, register
 
 RATES = ("dropoute", "dropouti", "dropouth", "dropouta", "dropouto", "wdrop")
@@ -247,7 +247,7 @@ def run(cfg: LMRobustnessConfig, ctx: RunContext) -> dict:
         f"Command: `{ctx.command}`" if ctx.command else "",
         "",
         f"{cfg.samples} paired samples: each dropout rate = configured rate + U(-{cfg.radius}, "
-        f"{cfg.radius}), clipped to [0, {cfg.max_rate}]; each model trains {cfg.epochs} epoch(s)"
+        f"{cfg.radius}), clipped to [0, {cfg.max_rate}]; each model trains {plural(cfg.epochs, 'epoch')}"
         + (f" with batch size {cfg.batch_size}" if cfg.batch_size else "")
         + (f" of at most {cfg.max_batches} batches" if cfg.max_batches else "")
         + " and is validated on "

@@ -29,7 +29,7 @@ import torch
 from ..data.corpus import load_corpus, unigram_perplexity
 from ..lm import LMTrainer, TrainingDiverged, get_preset
 from .cache import RunCache
-from .common import markdown_table, mean_std, require_positive, require_presets
+from .common import markdown_table, mean_std, plural, require_positive, require_presets
 from .runner import ConfigError, RunContext, register
 
 
@@ -157,7 +157,7 @@ def figure(cfg: LMStabilityConfig, runs: dict, ctx: RunContext) -> str:
         ax.set_xlabel("update")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-    axes[0].set_title(f"BPTT {cfg.bptt}, clip = 0, {cfg.seeds} seeds")
+    axes[0].set_title(f"BPTT {cfg.bptt}, clip = 0, {plural(cfg.seeds, 'seed')}")
     return ctx.savefig(fig, "stability.png").name
 
 
@@ -169,7 +169,7 @@ def report(cfg: LMStabilityConfig, ctx: RunContext, summary: dict, fig: str) -> 
         "# lm-stability: no gradient clipping, long BPTT", "",
         f"Command: `{ctx.command}`" if ctx.command else "", "",
         f"Each model trains with clip = 0 on fixed windows of {cfg.bptt} time steps (batch "
-        f"{cfg.batch_size}) for {cfg.updates} updates, {cfg.seeds} seeds, the presets' Adam recipe; "
+        f"{cfg.batch_size}) for {plural(cfg.updates, 'update')}, {plural(cfg.seeds, 'seed')}, the presets' Adam recipe; "
         f"validation on the first {cfg.eval_tokens or 'all'} validation tokens.  'beat unigram' counts "
         "runs whose final validation perplexity is below the add-one unigram perplexity.", "",
         markdown_table(["model", "runs", "diverged", "beat unigram", "unigram ppl", "val ppl per seed",

@@ -58,6 +58,7 @@ from .common import (
     fmt,
     markdown_table,
     mean_std,
+    plural,
     require_positive,
 )
 from .runner import RunContext, register
@@ -504,8 +505,8 @@ def report(cfg: MNISTBottleneckConfig, ctx: RunContext, summary: dict, ratios: d
         f"`nn.Linear` (starter truncated-normal init), adaptive layers `AdaptiveLinear` ({cfg.policy_net} "
         f"policy, {'pi = P x without bias' if not cfg.policy_bias else 'pi = P x + 1'} unless the variant "
         f"pins it: `sva0` bias-free, `sva1` starting at 1; {cfg.adaptive_init} init of W).  {opt} lr "
-        f"{cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epochs on {cfg.n_train} training images, "
-        f"{cfg.seeds} seed(s); test accuracy on 10,000 test images (mean ± std over seeds).  Diagnostics "
+        f"{cfg.lr}, batch {cfg.batch_size}, {plural(cfg.epochs, 'epoch')} on {cfg.n_train} training images, "
+        f"{plural(cfg.seeds, 'seed')}; test accuracy on 10,000 test images (mean ± std over seeds).  Diagnostics "
         f"on {cfg.diag_samples} test images, hidden layers pooled: *activation* effect "
         "phi(a) - (phi'(0) a + phi(0)) for static layers, *adaptation* effect (layer output minus the "
         "same layer with policies fixed to 1 and phi linearised) for adaptive ones.  Spread of the "

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..diagnostics import plot_histograms
+from .common import plural
 from .runner import RunContext
 
 #: The pair the seed's figure compares.
@@ -46,7 +47,8 @@ def accuracy_curves(runs: dict[str, list[dict]], ctx: RunContext) -> str:
             ax.fill_between(epochs, acc.min(0).values.numpy(), acc.max(0).values.numpy(), alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"mnist-bottleneck (mean, min-max over {len(next(iter(runs.values())))} seeds)")
+    seeds = len(next(iter(runs.values())))
+    ax.set_title(f"mnist-bottleneck (mean, min-max over {plural(seeds, 'seed')})")
     ax.legend(fontsize=8)
     return ctx.savefig(fig, "test_accuracy.png").name
 

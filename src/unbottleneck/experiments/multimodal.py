@@ -1,6 +1,6 @@
 """``multimodal``: sin(10 x) from a multi-modal input distribution, static vs SVA.
 
-Seed experiment (SPEC section 2): a two-layer network with only two hidden
+Seed experiment (adaptive parameterization, arXiv 1805.08574): a two-layer network with only two hidden
 units predicts ``sin(10 x)`` for ``x`` in [0, 1] drawn from a two-component
 Gaussian mixture.  The static network ``Linear -> tanh -> Linear`` is compared
 with the same network whose first layer is an SVA :class:`AdaptiveLinear`
@@ -34,6 +34,7 @@ from .common import (
     fmt,
     markdown_table,
     mean_std,
+    plural,
     require_lr,
     require_nonempty,
     require_positive,
@@ -232,7 +233,7 @@ def run(cfg: MultimodalConfig, ctx: RunContext) -> dict:
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("test MSE on a uniform grid")
-        ax.set_title(f"{mix} mixture (median, min-max over {cfg.seeds} seeds)")
+        ax.set_title(f"{mix} mixture (median, min-max over {plural(cfg.seeds, 'seed')})")
         ax.legend(fontsize=8)
     ctx.savefig(fig, "curves.png")
 
@@ -294,7 +295,7 @@ def run(cfg: MultimodalConfig, ctx: RunContext) -> dict:
         f"test MSE on {cfg.n_test} uniform grid points (a constant predictor scores {var:.3f}).  "
         f"Models: x -> first layer -> tanh -> Linear; `sva-2` uses an SVA AdaptiveLinear "
         f"(rank {cfg.sva_rank}, {cfg.policy_net} policy) as first layer.  Adam lr {cfg.lr}, batch "
-        f"{cfg.batch_size}, {cfg.steps} steps, {cfg.seeds} seeds.  A run fits when its test MSE "
+        f"{cfg.batch_size}, {plural(cfg.steps, 'step')}, {plural(cfg.seeds, 'seed')}.  A run fits when its test MSE "
         f"< {cfg.fit_mse}.",
         "",
         markdown_table(header, table),

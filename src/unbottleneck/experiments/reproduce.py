@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -195,12 +196,21 @@ def run_reproduce(
                 continue
             sets = (list(step.quick if quick else step.full)
                     + list(overrides.get(step.id, overrides.get(step.experiment, ()))))
+            _say(f"{step.id}: started")
             outcomes.append(_run_step(step, quick, sets, out / step.id, resume, data_dir=data_dir,
-                                      progress=progress, command=command + f"  [{step.id}]"))
+                                      progress=progress, command=command + f"  [{step.id}]",
+                                      label=f"reproduce [{step.id}]"))
+            last = outcomes[-1]
+            _say(f"{step.id}: {last.status}" + (f" ({last.detail})" if last.detail else "")
+                 + f", {last.seconds:.0f} s")
     except (KeyboardInterrupt, TrainingInterrupted):
         _write_outputs(outcomes, out, quick, command, start, interrupted=True)
         raise
     return _write_outputs(outcomes, out, quick, command, start)
+
+
+def _say(msg: str) -> None:
+    print(f"reproduce: {msg}", file=sys.stderr, flush=True)
 
 
 def _select(only: list[str] | None) -> list[Step]:

@@ -204,6 +204,7 @@ class RunContext:
     progress: bool = True
     data_dir: str | None = None
     command: str = ""
+    label: str = ""  # what log lines start with: the experiment, or the reproduce step
     files: list[str] = field(default_factory=list)
     resume: bool = False
     interrupt: GracefulInterrupt = field(default_factory=GracefulInterrupt)
@@ -221,6 +222,11 @@ class RunContext:
     def writes(self) -> bool:
         """Whether this process writes outputs (rank 0 of a torchrun group, or the only process)."""
         return self.dist.is_main
+
+    def log(self, msg: str) -> None:
+        """One line on stderr, named by :attr:`label` (rank 0 only)."""
+        if self.writes:
+            print(f"{self.label or 'unbottleneck'}: {msg}", file=sys.stderr, flush=True)
 
     def bar(self, total: int, desc: str):
         """A tqdm progress bar (silent when progress is off, on ranks other than 0, and when
@@ -293,8 +299,11 @@ def run_experiment(
     progress: bool = True,
     command: str = "",
     resume: bool = False,
+    label: str = "",
 ) -> dict[str, Any]:
     """Run a registered experiment and write its outputs; returns ``results.json``'s content.
+
+    ``label`` names the run's log lines (default: the experiment's name).
 
     With ``resume=True`` the run continues from the checkpoints an interrupted run
     left in ``out_dir`` (its config must be the same).  Under ``torchrun`` the
@@ -314,7 +323,12 @@ def run_experiment(
         _check_resumable(out, cfg)
     resolved = cfg.resolve() if callable(getattr(cfg, "resolve", None)) else cfg
     dist = distributed.setup(getattr(resolved, "device", "cpu"))
-    ctx = RunContext(out, progress=progress, data_dir=data_dir, command=command, resume=resume, dist=dist)
+    ctx = RunContext(out, progress=progress, data_dir=data_dir, command=command, resume=resume, dist=dist,
+                     label=label or name)
+    # An earlier finished run's config, put back if this run fails, so that a report is never
+    # left beside the config of a different run (an interrupted run keeps its own: it resumes).
+    earlier = (out / "config.json").read_bytes() if (out / "results.json").is_file() and \
+        (out / "config.json").is_file() else None
     ctx.write_json("config.json", cfg)
     start = time.time()
     # Saturated sigmoids make denormal floats, which x86 CPUs process ~15x slower (one
@@ -323,6 +337,12 @@ def run_experiment(
     try:
         with ctx.interrupt:
             metrics = exp.fn(cfg, ctx)
+    except Exception as exc:
+        from ..training import TrainingInterrupted
+
+        if earlier is not None and ctx.writes and not isinstance(exc, TrainingInterrupted):
+            atomic_write_bytes(out / "config.json", earlier)
+        raise
     finally:
         torch.set_flush_denormal(False)
     results = {

@@ -1,5 +1,5 @@
 """Word-level language modelling: AWD-LSTM style wrapper, LSTM / AWD-LSTM / aLSTM cores,
-training with exact resume (SPEC section 3).
+training with exact resume (the aLSTM paper's recipes).
 
 >>> from unbottleneck.lm import RNNLanguageModel, get_preset
 >>> cfg = get_preset("ptb-small-lstm")

@@ -7,7 +7,7 @@ recipe).  ``get_preset(name)`` returns a validated config.
 ========================  =============================================================
 preset                    what
 ========================  =============================================================
-``ptb-alstm``             SPEC's reference aLSTM recipe: 2 layers 400 -> 1150 -> 400,
+``ptb-alstm``             the paper's aLSTM recipe: 2 layers 400 -> 1150 -> 400,
                           K = 100, tied 400-d embedding (17,197,800 parameters), dropouts
                           e/i/h/a/o = 0.16/0.6/0.25/0.1/0.6, Adam lr 3e-3 betas (0, 0.999)
                           eps 1e-9, weight decay 1e-6, clip 5, batch 20, BPTT ~70,

@@ -1,4 +1,4 @@
-"""Word-level recurrent language model (AWD-LSTM style wrapper, SPEC section 3).
+"""Word-level recurrent language model (AWD-LSTM style wrapper around the aLSTM of arXiv 1805.08574).
 
 ``tokens -> embedding (dropoute) -> locked dropout (dropouti) -> recurrent core
 -> locked dropout (dropouto) -> decoder`` with the decoder weight tied to the
@@ -118,7 +118,7 @@ def lstm_parameter_count(vocab_size: int, embedding_size: int, hidden_size: int,
 def alstm_parameter_count(vocab_size: int, embedding_size: int, hidden_size: int, num_layers: int,
                           adapt_size: int, output_size: int | None = None,
                           tie_weights: bool = True) -> int:
-    """Closed-form parameter count of the ``alstm`` language model (SPEC section 3).
+    """Closed-form parameter count of the ``alstm`` language model (the paper's PTB / WikiText-2 models).
 
     Per layer (input n, hidden H, adaptation K): the adaptation LSTMCell reads
     ``[x; h; z]`` (``n + H + K``): ``4K (n + H + K) + 4K K + 8K``; the policy
