@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from unbottleneck import AdaptiveLinear
+from unbottleneck import GDNN, IAT, AdaptiveLinear, IATReLU
 from unbottleneck.adaptive import ALSTM
 from unbottleneck.cli import main
 
@@ -188,3 +188,38 @@ def test_a_failed_run_leaves_the_earlier_config_beside_the_earlier_report(tmp_pa
     with pytest.raises(RuntimeError, match="boom"):
         main([*args, "--set", "width=7"])
     assert (tmp_path / "config.json").read_text() == before  # still the config of the report beside it
+
+
+@pytest.mark.parametrize("make, width", [(lambda: IATReLU(64), 64), (lambda: IAT(64, basis="fourier"), 64),
+                                         (lambda: IAT(64, basis="rectangular"), 64),
+                                         (lambda: GDNN(4, 32, 1, 2), 4)])
+def test_meta_device_init_then_to_empty_and_load(make, width):
+    torch.manual_seed(0)
+    ref = make()
+    with torch.device("meta"):
+        m = make()
+    assert all(b.is_meta for b in m.buffers())
+    m = m.to_empty(device="cpu")
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(3, width)
+    assert torch.allclose(m(x), ref(x), atol=1e-6)
+    assert getattr(m, "kernel", None) == getattr(ref, "kernel", None)
+
+
+def test_every_figure_uses_constrained_layout(tmp_path, monkeypatch):
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    from unbottleneck.experiments.runner import RunContext
+
+    engines = []
+    real = RunContext.savefig
+
+    def recording(self, fig, name):
+        engines.append((name, fig.get_layout_engine()))
+        return real(self, fig, name)
+
+    monkeypatch.setattr(RunContext, "savefig", recording)
+    for name in ("multimodal", "iat-memorize"):
+        assert main(["run", name, "--quick", "--no-progress", "--out", str(tmp_path / name)]) == 0
+    assert len(engines) >= 4
+    assert all(isinstance(e, ConstrainedLayoutEngine) for _, e in engines), engines

@@ -77,7 +77,10 @@ class GDNN(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Re-draw the linear layers with the IAT-gain initialisation."""
+        """Re-draw the linear layers with the IAT-gain initialisation (a no-op on the meta
+        device: the weights are then set by ``to_empty`` + ``load_state_dict`` or a later call)."""
+        if any(act.P.is_meta for act in self.activations):
+            return
         gains = [1.0] + [iat_gain(act) for act in self.activations]
         for gain, lin in zip(gains, self.linears, strict=False):
             lin.weight.normal_(0.0, gain / lin.in_features**0.5)

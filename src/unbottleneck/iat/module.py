@@ -202,11 +202,15 @@ class IAT(nn.Module):
         self.implementation = implementation
         self.check_finite = bool(check_finite)
 
-        mats = discretize(features, out_features, basis, num_points, quadrature, zero_mean, q)
+        # The bases are computed on the CPU in float64 whatever device is the default
+        # (e.g. ``with torch.device("meta")``), then placed where the module lives.
+        target = torch.device(device) if device is not None else torch.empty(0).device
+        with torch.device("cpu"):
+            mats = discretize(features, out_features, basis, num_points, quadrature, zero_mean, q)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be floating point, got {dtype}")
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": target, "dtype": dtype}
         self.in_features = features
         self.out_features = mats["Qw"].shape[1]
         self.num_points = mats["P"].shape[0]
@@ -231,8 +235,8 @@ class IAT(nn.Module):
         Called automatically after ``.to()``/``.double()``/``load_state_dict``; call it
         yourself only after editing ``P`` or ``Qw`` in place.
         """
-        if self.trainable or self.implementation == "reference":
-            self._ops = None
+        if self.trainable or self.implementation == "reference" or self.P.is_meta:
+            self._ops = None  # meta tensors: built once to_empty / load_state_dict give real ones
         else:
             self._ops = build_structure(self.P.detach(), self.Qw.detach(), weights=self.weights)
 
