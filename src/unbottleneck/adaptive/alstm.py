@@ -480,6 +480,8 @@ class ALSTM(nn.Module):
             (output, state): output (T, B, H_last) (batch-first / unbatched likewise), the
             top layer's ``h_t`` before dropout; the final :data:`ALSTMState`.
         """
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            return self._forward_packed(x, state, masks, fix_policy)
         p = self.layers[0].weight_ih
         if isinstance(x, torch.Tensor) and x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
             # Precision policy under autocast: the recurrence (and the state it carries across
@@ -520,6 +522,25 @@ class ALSTM(nn.Module):
         if self.batch_first:
             out = out.transpose(0, 1)
         return out, state
+
+    def _forward_packed(self, x: nn.utils.rnn.PackedSequence, state: ALSTMState | None,
+                        masks: ALSTMMasks | None, fix_policy: bool) -> tuple[nn.utils.rnn.PackedSequence, ALSTMState]:
+        """Variable-length batches, as ``nn.LSTM`` takes them: each sequence stops at its own
+        length, its final state is the one at that length, the output is packed the same way.
+
+        Runs the per-step loop (:func:`alstm_packed`); ``batch_first`` does not apply.
+        """
+        padded, lengths = nn.utils.rnn.pad_packed_sequence(x)  # (T, B, n), original batch order
+        self._check_input(padded)
+        B = padded.shape[1]
+        state = self.init_state(B) if state is None else self._check_state(state, B)
+        if masks is None:
+            masks = self.sample_masks(B) if self.training else ALSTMMasks(
+                (None,) * self.num_layers, (None,) * self.num_layers)
+        else:
+            masks = self._check_masks(masks, B)
+        out, state = alstm_packed(self, padded, lengths.to(padded.device), state, masks, fix_policy)
+        return nn.utils.rnn.pack_padded_sequence(out, lengths, enforce_sorted=False), state
 
     def _empty_batch(self, x: Tensor, state: ALSTMState | None) -> tuple[Tensor, ALSTMState]:
         """A batch of 0 sequences, as ``nn.LSTM`` takes it: empty output and state."""
@@ -583,6 +604,38 @@ def alstm_reference(
             if masks.h[layer] is not None:
                 new = new._replace(h=new.h * masks.h[layer])
             state[layer] = new
+            inp = new.h
+    out = torch.stack(outputs, 0) if outputs else x.new_zeros(0, x.shape[1], module.output_size)
+    return out, tuple(state)
+
+
+def alstm_packed(
+    module: ALSTM, x: Tensor, lengths: Tensor, state: ALSTMState, masks: ALSTMMasks,
+    fix_policy: bool = False,
+) -> tuple[Tensor, ALSTMState]:
+    """:func:`alstm_reference` for sequences of different lengths.
+
+    Args:
+        x: (T, B, n) padded input; lengths: (B,) true lengths.
+
+    Returns:
+        (T, B, H_last) outputs (zero beyond each length) and the state of every sequence at
+        its own last step.
+    """
+    state = list(state)
+    outputs = []
+    top = len(module.layers) - 1
+    for t, x_t in enumerate(x.unbind(0)):
+        active = (t < lengths).unsqueeze(-1)  # (B, 1): sequences still running at step t
+        inp = x_t
+        for layer, cell in enumerate(module.layers):
+            z_below = state[top].z_h if layer == 0 else state[layer - 1].z_h
+            new = cell(inp, state[layer], z_below, z_mask=masks.z[layer], fix_policy=fix_policy)
+            if layer == top:
+                outputs.append(torch.where(active, new.h, torch.zeros_like(new.h)))
+            if masks.h[layer] is not None:
+                new = new._replace(h=new.h * masks.h[layer])
+            state[layer] = ALSTMCellState(*(torch.where(active, n, o) for n, o in zip(new, state[layer], strict=True)))
             inp = new.h
     out = torch.stack(outputs, 0) if outputs else x.new_zeros(0, x.shape[1], module.output_size)
     return out, tuple(state)
