@@ -411,7 +411,9 @@ class ALSTM(nn.Module):
         if x.device != p.device:
             raise ValueError(f"ALSTM input on {x.device}, parameters on {p.device}")
 
-    def _check_state(self, state: object, batch_size: int) -> ALSTMState:
+    def _check_state(self, state: object, batch_size: int | None) -> ALSTMState:
+        """The state as a tuple of :class:`ALSTMCellState`, each field (batch_size, size), or
+        (size,) when ``batch_size`` is None (an unbatched input)."""
         if not isinstance(state, (tuple, list)) or len(state) != self.num_layers:
             raise ValueError(
                 f"ALSTM state must be a tuple of {self.num_layers} per-layer (h, c, z_h, z_c) "
@@ -424,10 +426,12 @@ class ALSTM(nn.Module):
                 raise ValueError(f"ALSTM state of layer {layer} must be (h, c, z_h, z_c)")
             sizes = (cell.hidden_size, cell.hidden_size, cell.adapt_size, cell.adapt_size)
             for name, t, size in zip(ALSTMCellState._fields, s, sizes, strict=True):
-                want = (batch_size, size) if batch_size > 0 else (size,)
+                want = (size,) if batch_size is None else (batch_size, size)
                 if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
                     got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                    raise ValueError(f"ALSTM state layer {layer} {name}: expected shape {want}, got {got}")
+                    empty = " (an empty batch)" if batch_size == 0 else ""
+                    raise ValueError(f"ALSTM state layer {layer} {name}: expected shape {want}{empty}, "
+                                     f"got {got}")
                 if t.dtype != p.dtype or t.device != p.device:
                     raise TypeError(
                         f"ALSTM state layer {layer} {name}: {t.dtype} on {t.device}, "
@@ -497,19 +501,7 @@ class ALSTM(nn.Module):
             x = x.unsqueeze(1)
         elif self.batch_first:
             x = x.transpose(0, 1)
-        B = x.shape[1]
-        if state is None:
-            state = self.init_state(B)
-        else:
-            state = self._check_state(state, 0 if unbatched else B)
-            if unbatched:
-                state = tuple(ALSTMCellState(*(t.unsqueeze(0) for t in s)) for s in state)
-        if masks is None:
-            masks = self.sample_masks(B) if self.training else ALSTMMasks(
-                (None,) * self.num_layers, (None,) * self.num_layers)
-        else:
-            masks = self._check_masks(masks, B)
-
+        state, masks = self._state_and_masks(state, masks, x.shape[1], unbatched)
         if self._use_fused():
             from .alstm_fused import alstm_fused
 
@@ -528,39 +520,39 @@ class ALSTM(nn.Module):
         """Variable-length batches, as ``nn.LSTM`` takes them: each sequence stops at its own
         length, its final state is the one at that length, the output is packed the same way.
 
-        Runs the per-step loop (:func:`alstm_packed`); ``batch_first`` does not apply.
+        Runs the per-step loop (:func:`alstm_reference` with ``lengths``); ``batch_first`` does not apply.
         """
         padded, lengths = nn.utils.rnn.pad_packed_sequence(x)  # (T, B, n), original batch order
         self._check_input(padded)
-        B = padded.shape[1]
-        state = self.init_state(B) if state is None else self._check_state(state, B)
+        state, masks = self._state_and_masks(state, masks, padded.shape[1])
+        out, state = alstm_reference(self, padded, state, masks, fix_policy, lengths=lengths.to(padded.device))
+        return nn.utils.rnn.pack_padded_sequence(out, lengths, enforce_sorted=False), state
+
+    def _state_and_masks(self, state: ALSTMState | None, masks: ALSTMMasks | None, batch_size: int,
+                         unbatched: bool = False) -> tuple[ALSTMState, ALSTMMasks]:
+        """The checked (batch_size, size) state (zeros if None) and masks (fresh if None)."""
+        if state is None:
+            state = self.init_state(batch_size)
+        else:
+            state = self._check_state(state, None if unbatched else batch_size)
+            if unbatched:
+                state = tuple(ALSTMCellState(*(t.unsqueeze(0) for t in s)) for s in state)
         if masks is None:
-            masks = self.sample_masks(B) if self.training else ALSTMMasks(
+            masks = self.sample_masks(batch_size) if self.training else ALSTMMasks(
                 (None,) * self.num_layers, (None,) * self.num_layers)
         else:
-            masks = self._check_masks(masks, B)
-        out, state = alstm_packed(self, padded, lengths.to(padded.device), state, masks, fix_policy)
-        return nn.utils.rnn.pack_padded_sequence(out, lengths, enforce_sorted=False), state
+            masks = self._check_masks(masks, batch_size)
+        return state, masks
 
     def _empty_batch(self, x: Tensor, state: ALSTMState | None) -> tuple[Tensor, ALSTMState]:
         """A batch of 0 sequences, as ``nn.LSTM`` takes it: empty output and state."""
-        p = self.layers[0].weight_ih
-        sizes = [(c.hidden_size, c.hidden_size, c.adapt_size, c.adapt_size) for c in self.layers]
         if state is not None:
-            self._check_state_sizes(state, sizes)
+            self._check_state(state, 0)
+        p = self.layers[0].weight_ih
         T = x.shape[1 if self.batch_first else 0]
         shape = (0, T, self.output_size) if self.batch_first else (T, 0, self.output_size)
-        empty = tuple(ALSTMCellState(*(p.new_zeros(0, s) for s in layer)) for layer in sizes)
+        empty = tuple(ALSTMCellState(*(p.new_zeros(0, t.shape[-1]) for t in s)) for s in self.init_state(None))
         return x.new_zeros(shape), empty
-
-    def _check_state_sizes(self, state: object, sizes: list[tuple[int, ...]]) -> None:
-        ok = isinstance(state, (tuple, list)) and len(state) == len(sizes) and all(
-            isinstance(s, (tuple, list)) and len(s) == 4 and all(
-                isinstance(t, torch.Tensor) and tuple(t.shape) == (0, n) for t, n in zip(s, layer, strict=True))
-            for s, layer in zip(state, sizes, strict=True))
-        if not ok:
-            raise ValueError(f"ALSTM state for an empty batch must hold {len(sizes)} per-layer "
-                             "(h, c, z_h, z_c) tensors of shape (0, size)")
 
     def extra_repr(self) -> str:
         s = (
@@ -579,7 +571,8 @@ class ALSTM(nn.Module):
 
 
 def alstm_reference(
-    module: ALSTM, x: Tensor, state: ALSTMState, masks: ALSTMMasks, fix_policy: bool = False
+    module: ALSTM, x: Tensor, state: ALSTMState, masks: ALSTMMasks, fix_policy: bool = False,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, ALSTMState]:
     """Per-step Python loop over the cells, plain autograd (the oracle).
 
@@ -587,6 +580,8 @@ def alstm_reference(
         module: the :class:`ALSTM` whose cells to run.
         x: (T, B, n) time-major input.  state: per-layer (B, size) states.
         masks: dropout masks (entries may be None).
+        lengths: (B,) true lengths of padded sequences (a packed input): a sequence's state
+            stops changing after its last step and its outputs beyond it are zero.
 
     Returns:
         (T, B, H_last) top-layer outputs before dropout and the final state.
@@ -594,48 +589,20 @@ def alstm_reference(
     state = list(state)
     outputs = []
     top = len(module.layers) - 1
-    for x_t in x.unbind(0):
-        inp = x_t
-        for layer, cell in enumerate(module.layers):
-            z_below = state[top].z_h if layer == 0 else state[layer - 1].z_h
-            new = cell(inp, state[layer], z_below, z_mask=masks.z[layer], fix_policy=fix_policy)
-            if layer == top:
-                outputs.append(new.h)  # the output is h before its dropout
-            if masks.h[layer] is not None:
-                new = new._replace(h=new.h * masks.h[layer])
-            state[layer] = new
-            inp = new.h
-    out = torch.stack(outputs, 0) if outputs else x.new_zeros(0, x.shape[1], module.output_size)
-    return out, tuple(state)
-
-
-def alstm_packed(
-    module: ALSTM, x: Tensor, lengths: Tensor, state: ALSTMState, masks: ALSTMMasks,
-    fix_policy: bool = False,
-) -> tuple[Tensor, ALSTMState]:
-    """:func:`alstm_reference` for sequences of different lengths.
-
-    Args:
-        x: (T, B, n) padded input; lengths: (B,) true lengths.
-
-    Returns:
-        (T, B, H_last) outputs (zero beyond each length) and the state of every sequence at
-        its own last step.
-    """
-    state = list(state)
-    outputs = []
-    top = len(module.layers) - 1
     for t, x_t in enumerate(x.unbind(0)):
-        active = (t < lengths).unsqueeze(-1)  # (B, 1): sequences still running at step t
+        active = None if lengths is None else (t < lengths).unsqueeze(-1)  # (B, 1) still running
         inp = x_t
         for layer, cell in enumerate(module.layers):
             z_below = state[top].z_h if layer == 0 else state[layer - 1].z_h
             new = cell(inp, state[layer], z_below, z_mask=masks.z[layer], fix_policy=fix_policy)
-            if layer == top:
-                outputs.append(torch.where(active, new.h, torch.zeros_like(new.h)))
+            if layer == top:  # the output is h before its dropout
+                outputs.append(new.h if active is None else torch.where(active, new.h, torch.zeros_like(new.h)))
             if masks.h[layer] is not None:
                 new = new._replace(h=new.h * masks.h[layer])
-            state[layer] = ALSTMCellState(*(torch.where(active, n, o) for n, o in zip(new, state[layer], strict=True)))
             inp = new.h
+            if active is not None:
+                new = ALSTMCellState(*(torch.where(active, n, o) for n, o in zip(new, state[layer], strict=True)))
+            state[layer] = new
     out = torch.stack(outputs, 0) if outputs else x.new_zeros(0, x.shape[1], module.output_size)
     return out, tuple(state)
+
