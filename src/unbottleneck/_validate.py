@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["choice", "device", "positive_int", "probability"]
+__all__ = ["choice", "device", "matching_dtype", "positive_int", "probability"]
 
 
 def positive_int(name: str, value: object) -> int:
@@ -57,3 +57,14 @@ def device(name: str, value: str) -> str:
     else:
         raise ValueError(f"{name} must be auto, cpu, cuda[:N] or mps, got {value!r}")
     return value
+
+
+def matching_dtype(owner: str, what: str, t: object, reference: object) -> None:
+    """A ``TypeError`` when tensor ``t``'s dtype differs from the module's ``reference``
+    parameter outside ``torch.autocast`` (under autocast the products cast for themselves)."""
+    import torch
+
+    if t.dtype != reference.dtype and not torch.is_autocast_enabled(t.device.type):
+        raise TypeError(f"{owner} {what} dtype {t.dtype} does not match its parameters' {reference.dtype}; "
+                        f"convert one of them (.to({reference.dtype}) or module.to({t.dtype})) or run "
+                        "under torch.autocast")

@@ -92,6 +92,12 @@ def _writable_out(out: str) -> bool:
     return True
 
 
+def _resume_command(argv: list[str], args: argparse.Namespace, out: str) -> str:
+    """The command line that continues this one (``--resume`` added, ``--out`` made explicit)."""
+    again = [a for a in argv if a != "--resume"] + ([] if args.out else ["--out", out])
+    return _command([*again, "--resume"])
+
+
 def _set_threads(threads: int | None) -> bool:
     if threads is None:
         return True
@@ -123,9 +129,8 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"unbottleneck: error: {exc.args[0]}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:  # a step's training loop stopped on a signal
-        resume = [a for a in argv if a != "--resume"] + ([] if args.out else ["--out", out])
         print(f"unbottleneck: {exc}\nthe report covers the finished steps; continue with: "
-              f"{_command([*resume, '--resume'])}", file=sys.stderr)
+              f"{_resume_command(argv, args, out)}", file=sys.stderr)
         return exc.exit_code
     verdicts = [c["verdict"] for c in summary["claims"]]
     steps = summary["experiments"]
@@ -244,9 +249,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"unbottleneck: {exc}\n{args.name} starts over when run again: {_command(argv)}",
                   file=sys.stderr)
             return exc.exit_code
-        resume = [a for a in argv if a != "--resume"] + ([] if args.out else ["--out", out])
-        print(f"unbottleneck: {exc}\nresume with: {_command([*resume, '--resume'])}",
-              file=sys.stderr)
+        print(f"unbottleneck: {exc}\nresume with: {_resume_command(argv, args, out)}", file=sys.stderr)
         return exc.exit_code
     except TrainingDiverged as exc:
         print(f"unbottleneck: error: {exc}", file=sys.stderr)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validate import choice, positive_int
+from .._validate import choice, matching_dtype, positive_int
 from .policy import build_policy
 
 POLICIES = ("output", "input", "io", "sva")
@@ -159,10 +159,7 @@ class AdaptiveLinear(nn.Module):
         p = self.bias if self.bias is not None else next(self.parameters())
         if t.device != p.device:
             raise ValueError(f"AdaptiveLinear {name} on {t.device}, parameters on {p.device}")
-        if t.dtype != p.dtype and not torch.is_autocast_enabled(t.device.type):
-            raise TypeError(f"AdaptiveLinear {name} dtype {t.dtype} does not match its parameters' {p.dtype}; "
-                            f"convert one of them (.to({p.dtype}) or layer.to({t.dtype})) or run under "
-                            "torch.autocast")
+        matching_dtype("AdaptiveLinear", name, t, p)
 
     def apply_adaptation(self, x: torch.Tensor, pi: dict[str, torch.Tensor]) -> torch.Tensor:
         """The layer's map with given policy outputs ``pi`` (as from :meth:`adaptation`)."""

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from .runner import RunContext, _jsonable, atomic_write_bytes
+from .runner import RunContext, atomic_write_bytes, config_json
 
 
 class RunCache:
@@ -36,10 +36,10 @@ class RunCache:
     def run(self, key: str, config: Any, compute: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         """The stored result of ``key`` if it was made with ``config``, else ``compute(*args)`` stored.
 
-        ``config``: anything JSON-able after :func:`~.runner._jsonable` (a dataclass config).
+        ``config``: anything :func:`~.runner.config_json` takes (a dataclass config).
         The result comes back in its JSON form either way (inf / nan as strings).
         """
-        wanted = _roundtrip(config)
+        wanted = config_json(config)
         path = self._path(key)
         if path.is_file():
             try:
@@ -48,13 +48,10 @@ class RunCache:
                 stored = {}
             if stored.get("config") == wanted and "result" in stored:
                 return stored["result"]
-        result = _roundtrip(compute(*args))
+        result = config_json(compute(*args))
         if self.writes:
             self.dir.mkdir(parents=True, exist_ok=True)
             body = json.dumps({"config": wanted, "result": result}, indent=1) + "\n"
             atomic_write_bytes(path, body.encode())
         return result
 
-
-def _roundtrip(obj: Any) -> Any:
-    return json.loads(json.dumps(_jsonable(obj)))

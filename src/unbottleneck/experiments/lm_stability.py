@@ -54,8 +54,8 @@ class LMStabilityConfig:
 
 def grad_norm(params: list[torch.nn.Parameter]) -> float:
     """Global L2 norm of the gradients (what clipping would have looked at)."""
-    grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.cat(grads))) if grads else 0.0
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def train_unclipped(run_cfg, corpus) -> dict:

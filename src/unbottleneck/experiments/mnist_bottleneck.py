@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validate import choice
 from ..adaptive import POLICIES, AdaptiveLinear
 from ..diagnostics import BottleneckRecorder, summarize
 from ..diagnostics.effect import spread
@@ -59,6 +60,8 @@ from .common import (
     markdown_table,
     mean_std,
     plural,
+    require_lr,
+    require_nonempty,
     require_positive,
 )
 from .runner import RunContext, register
@@ -139,24 +142,18 @@ class MNISTBottleneckConfig:
 
     def validate(self) -> None:
         cfg = self.resolve()
-        if not cfg.variants:
-            raise ValueError("variants must name at least one variant")
-        for v in cfg.variants:
-            parse_variant(v)
+        require_nonempty(cfg, "variants")
+        parsed = [parse_variant(v) for v in cfg.variants]
         if not cfg.hidden or min(cfg.hidden) < 1:
             raise ValueError("hidden must be a non-empty list of positive sizes")
         require_positive(cfg, "epochs", "batch_size", "seeds", "n_train", "diag_samples")
         if cfg.sva_rank < 0:
             raise ValueError("sva_rank must be >= 0 (0 = full rank)")
-        if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {cfg.lr}")
-        if cfg.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
-        if cfg.adaptive_init not in ADAPTIVE_INITS:
-            raise ValueError(f"unknown adaptive_init {cfg.adaptive_init!r}; choose one of "
-                             f"{', '.join(ADAPTIVE_INITS)}")
+        require_lr(cfg)
+        choice("optimizer", cfg.optimizer, ("adam", "sgd"))
+        choice("adaptive_init", cfg.adaptive_init, ADAPTIVE_INITS)
         if not cfg.policy_bias and cfg.policy_net != "linear" and any(
-                parse_variant(v)[0] and parse_variant(v)[2] is not True for v in cfg.variants):
+                policy and bias is not True for policy, _, bias in parsed):
             raise ValueError("policy_bias=false needs policy_net=linear (the seed's pi = P x)")
 
 
@@ -247,11 +244,21 @@ def measure_effects(model: nn.Module, x: torch.Tensor, threshold: float,
 
 @torch.no_grad()
 def rescaled_effect(model: nn.Module, x: torch.Tensor, c: float, seed: int) -> torch.Tensor:
-    """The adaptation effect of the same function written with ``W2 / c`` and policy ``c * pi``.
+    """The adaptation effect of :func:`reparameterised` ``(model, c)`` on ``x``.
 
-    For SVA (``W2 diag(pi) W1``) and IO/output adaptation (``diag(pi_out) W ...``) the
-    network is unchanged, but the effect (measured against the layer with pi fixed to 1)
-    is not: it depends on the parameterisation, not only on the learned function.
+    The network is unchanged, but the effect (measured against the layer with pi fixed
+    to 1) is not: it depends on the parameterisation, not only on the learned function.
+    """
+    return measure_effects(reparameterised(model, c), x, 0.05, seed)[1]
+
+
+@torch.no_grad()
+def reparameterised(model: nn.Module, c: float) -> nn.Module:
+    """A copy of ``model`` computing the same function with ``W2 / c`` and policy ``c * pi``.
+
+    SVA layers (``W2 diag(pi) W1``) divide ``W2``, IO / output layers (``diag(pi_out) W``)
+    divide ``W``; the unbounded linear policy's rows for that part (and their bias) are
+    multiplied by ``c``.
     """
     import copy
 
@@ -273,7 +280,7 @@ def rescaled_effect(model: nn.Module, x: torch.Tensor, c: float, seed: int) -> t
             out.weight[sl].mul_(c)
             if out.bias is not None:
                 out.bias[sl].mul_(c)
-    return measure_effects(twin, x, 0.05, seed)[1]
+    return twin
 
 
 def _run_key(variant: str, seed: int) -> str:

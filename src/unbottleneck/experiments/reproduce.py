@@ -25,12 +25,13 @@ from .claims import CLAIMS, claims_for
 from .common import markdown_table
 from .html import markdown_to_html
 from .runner import (
-    _jsonable,
     atomic_write_bytes,
+    config_json,
     default_out_dir,
     environment,
     get_experiment,
     run_experiment,
+    saved_config_matches,
 )
 
 
@@ -131,7 +132,7 @@ def _finished(out: Path, quick: bool, config: Any) -> dict[str, Any] | None:
         results = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    same = results.get("quick") == quick and results.get("config") == _jsonable(config)
+    same = results.get("quick") == quick and results.get("config") == config_json(config)
     return results if same and "metrics" in results else None
 
 
@@ -144,8 +145,7 @@ def _run_step(step: Step, quick: bool, sets: list[str], out: Path, resume: bool,
         if resume and (done := _finished(out, quick, config)) is not None:
             return Outcome(step, "ok", "reused: finished by an earlier run", results=done,
                            seconds=float(done.get("wall_time_s", 0.0)))
-        again = resume and exp.resumable and (out / "config.json").is_file() and \
-            json.loads((out / "config.json").read_text()) == _jsonable(config)
+        again = resume and exp.resumable and saved_config_matches(out, config)
         results = run_experiment(step.experiment, quick=quick, overrides=sets, out_dir=out,
                                  resume=again, **kwargs)
     except (KeyboardInterrupt, TrainingInterrupted):  # the user stops the whole run

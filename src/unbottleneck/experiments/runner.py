@@ -360,13 +360,25 @@ def run_experiment(
     return _jsonable(results)
 
 
+def config_json(cfg: Any) -> Any:
+    """``cfg`` as it reads back from a JSON file (tuples as lists, inf / nan as strings): the
+    form in which a saved config is compared with the current one."""
+    return json.loads(json.dumps(_jsonable(cfg)))
+
+
+def saved_config_matches(out: Path, cfg: Any) -> bool:
+    """Whether ``out/config.json`` holds exactly ``cfg``."""
+    path = out / "config.json"
+    return path.is_file() and json.loads(path.read_text()) == config_json(cfg)
+
+
 def _check_resumable(out: Path, cfg: Any) -> None:
     """Refuse to resume into a folder without a run, or with a different config."""
     saved_path = out / "config.json"
     if not saved_path.is_file():
         raise ConfigError(f"nothing to resume: {saved_path} does not exist (run without --resume first)")
     saved = json.loads(saved_path.read_text())
-    now = _jsonable(cfg)
+    now = config_json(cfg)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         raise ConfigError(

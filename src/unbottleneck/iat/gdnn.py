@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validate import positive_int
+from .._validate import matching_dtype, positive_int
 from .analysis import iat_gain
 from .module import IAT
 
@@ -96,9 +96,7 @@ class GDNN(nn.Module):
             raise ValueError(f"GDNN expects input of shape (..., {first.in_features}), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"GDNN expects a floating point input, got {x.dtype}")
-        if x.dtype != first.weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"GDNN input dtype {x.dtype} does not match its parameters' {first.weight.dtype}; "
-                            "cast one of them or run under torch.autocast")
+        matching_dtype("GDNN", "input", x, first.weight)
         h = first(x)
         for act, lin in zip(self.activations, self.linears[1:], strict=False):
             h = lin(act(h))

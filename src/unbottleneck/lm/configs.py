@@ -51,6 +51,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
+from .. import _validate
 from .._validate import probability
 from ..data.corpus import canonical_corpus
 
@@ -203,8 +204,7 @@ class LMConfig:
             raise ValueError(f"bptt_p_full must be in [0, 1], got {self.bptt_p_full}")
         if any(c < 1 for c in self.lr_cuts):
             raise ValueError(f"lr_cuts must be epoch numbers >= 1, got {self.lr_cuts}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
-            raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        _validate.device("device", self.device)
 
     @property
     def last_layer_size(self) -> int:
