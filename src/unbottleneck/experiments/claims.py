@@ -341,12 +341,10 @@ def claims_for(step: str) -> list[Claim]:
 
 def claims_markdown() -> str:
     """``docs/claims.md``: every claim, the steps that measure it and its criterion (from :data:`CLAIMS`)."""
-    from .common import markdown_table
+    from .common import markdown_table, table_cell
 
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    rows = [[f"`{c.id}`", c.area, cell(c.claim), cell(c.criterion), ", ".join(f"`{s}`" for s in c.steps)]
+    rows = [[f"`{c.id}`", c.area, table_cell(c.claim), table_cell(c.criterion),
+             ", ".join(f"`{s}`" for s in c.steps)]
             for c in CLAIMS]
     return "\n".join([
         "# The seeds' claims and how `unbottleneck reproduce` judges them",

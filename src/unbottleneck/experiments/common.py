@@ -157,6 +157,11 @@ def fmt(stats: dict[str, float], digits: int = 4, scientific: bool = False) -> s
     return f.format(stats["mean"])
 
 
+def table_cell(text: object) -> str:
+    """Text that stays inside one markdown table cell (pipes escaped, one line)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..training import TrainingInterrupted
 from .claims import CLAIMS, claims_for
-from .common import markdown_table
+from .common import markdown_table, table_cell
 from .html import markdown_to_html
 from .runner import (
     atomic_write_bytes,
@@ -271,10 +271,6 @@ def _verdicts(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: Path) -> str:
     quick = summary["quick"]
     counts = {v: sum(r["verdict"] == v for r in verdicts) for v in ("met", "not met", "undecided", "not run")}
@@ -297,8 +293,8 @@ def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: P
         "",
         markdown_table(
             ["area", "seed claim", "criterion", "measured", "verdict"],
-            [[r["area"], _cell(r["claim"]), _cell(r["criterion"]),
-              f"{_cell(r['measured'])} ({r['experiment']})",
+            [[r["area"], table_cell(r["claim"]), table_cell(r["criterion"]),
+              f"{table_cell(r['measured'])} ({r['experiment']})",
               {"met": "**met**", "not met": "**not met**"}.get(r["verdict"], r["verdict"])]
              for r in verdicts],
         ),
@@ -308,7 +304,7 @@ def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: P
         markdown_table(
             ["experiment", "status", "time (s)", "details"],
             [[o.step.id, o.status, f"{o.seconds:.0f}",
-              _cell(o.detail if o.status != "ok" else
+              table_cell(o.detail if o.status != "ok" else
                     f"[report]({o.step.id}/report.md)" + (f" ({o.detail})" if o.detail else ""))]
              for o in outcomes],
         ),
