@@ -81,10 +81,10 @@ def effects(first: dict[str, dict], threshold: float, ctx: RunContext) -> str:
     half = max(abs(lo), abs(hi), 2 * threshold)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharex=True)
     for ax, log in zip(axes, (False, True), strict=True):
+        ax.axvspan(-threshold, threshold, color="grey", alpha=0.15, label=f"|effect| <= {threshold:g}")
         plot_histograms(pair, ax=ax, bins=150, range=(-half, half), log=log,
                         title=f"activation / adaptation effect ({'log' if log else 'linear'} density, "
                               "shared axes, seed 0)", xlabel="effect")
-        ax.axvspan(-threshold, threshold, color="grey", alpha=0.1)
     return ctx.savefig(fig, "effects.png").name
 
 
@@ -117,7 +117,8 @@ def effect_animation(first: dict[str, dict], ctx: RunContext, frames: int = 12,
         return None
     pair = {v: first[v] for v in PAIR if v in first} or dict(list(first.items())[:2])
     points = {v: _scatter_points(r, frames * per_frame) for v, r in pair.items()}
-    fig, axes = plt.subplots(1, len(pair), figsize=(4 * len(pair), 3.2), squeeze=False)
+    # explicit constrained layout: the writer draws frames outside savefig's tight bounding box
+    fig, axes = plt.subplots(1, len(pair), figsize=(4 * len(pair), 3.4), squeeze=False, layout="constrained")
     dots = {}
     for ax, (v, (a, e)) in zip(axes[0], points.items(), strict=True):
         ax.set_xlim(float(a.min()), float(a.max()))
@@ -135,7 +136,7 @@ def effect_animation(first: dict[str, dict], ctx: RunContext, frames: int = 12,
     anim = animation.FuncAnimation(fig, update, frames=frames, blit=False)
     name = "effect_vs_preactivation.gif"
     tmp = ctx.out_dir / f".{name}.tmp.gif"
-    anim.save(tmp, writer=animation.PillowWriter(fps=4), dpi=70)
+    anim.save(tmp, writer=animation.PillowWriter(fps=4), dpi=80)
     plt.close(fig)
     data = tmp.read_bytes()
     tmp.unlink()
