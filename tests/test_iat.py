@@ -528,7 +528,7 @@ def test_quadrature_error_shrinks_with_m(basis, q):
         ({"basis": lambda s: torch.ones(len(s), 3)}, ValueError, r"expected \(len\(s\), n\)"),
         ({"basis": lambda s: torch.full((len(s), 4), math.nan)}, ValueError, "non-finite"),
         ({"q": lambda s: torch.ones(len(s), 2), "out_features": 3}, ValueError, "custom basis returned"),
-        ({"basis": "rectangular", "num_points": 2, "q": "normalized"}, ValueError, "normalized"),
+        ({"basis": "rectangular", "num_points": 2, "q": "normalized"}, ValueError, "zero at all 2 midpoint nodes"),
         ({"dtype": torch.int64}, TypeError, "floating point"),
     ],
 )
@@ -885,9 +885,10 @@ def test_kernel_non_contiguous_input(basis):
 
 
 def test_band_kernel_smallest_and_sparse_node_sets():
-    # d = 2 (one interval); M < d - 1 (hats no node sees, empty intervals: only extra
-    # rows); d = 1 (a constant: select, every node sees the one function with value 1)
-    for d, M, kernel in ((2, 8, "band"), (9, 3, "band"), (1, 5, "select")):
+    # d = 2 (one interval); M < d - 1 (empty intervals: only extra rows; every hat still
+    # sees a node, as IAT refuses a hat that none sees); d = 1 (a constant: select, every
+    # node sees the one function with value 1)
+    for d, M, kernel in ((2, 8, "band"), (9, 5, "band"), (1, 5, "select")):
         m = make(d, basis="piecewise_linear", num_points=M, q="same", implementation="fast")
         assert m.kernel == kernel, (d, M, m.kernel)
         z = randn(4, d, seed=d)

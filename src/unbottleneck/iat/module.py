@@ -75,6 +75,42 @@ def _output_basis(q: str | BasisSpec) -> BasisSpec:
         ) from None
 
 
+#: A basis function whose discrete L2 norm is below this share of the largest one is
+#: zero on the grid up to round-off (e.g. cos((d/2) pi s) at d midpoint nodes, or a hat
+#: or cell that no node falls into).
+VANISHING_RTOL = 1e-8
+#: Eigenvalues of the Gram matrix below this share of the largest count as zero.  A
+#: zero-mean partition of unity (rectangular, piecewise linear) has an exactly singular
+#: Gram whose round-off eigenvalue (~1e-15 relative) torch.linalg.pinv's default cutoff
+#: (~d * 2.2e-16) sometimes keeps, and then inverts; 1e-10 is far above round-off and
+#: far below any eigenvalue of a usable basis.
+GRAM_RTOL = 1e-10
+
+
+def gram_pinv(gram: torch.Tensor) -> torch.Tensor:
+    """Pseudo-inverse of a symmetric PSD Gram matrix (d, d) with a robust rank decision,
+    so that ``gram_pinv(A) @ A`` is the orthogonal projector onto A's range."""
+    return torch.linalg.pinv(gram, hermitian=True, rtol=GRAM_RTOL)
+
+
+def _check_visible(P: torch.Tensor, w: torch.Tensor, basis: BasisSpec, quadrature: str,
+                   zero_mean: bool) -> None:
+    """Refuse basis functions that are zero at every node: their input coordinate would be
+    ignored, and any mode that divides by their norm would blow up (~1e15 outputs)."""
+    norms = (w @ (P * P)).clamp(min=0).sqrt()
+    dead = (norms <= VANISHING_RTOL * norms.max()).nonzero().flatten().tolist()
+    if not dead:
+        return
+    d, m = P.shape[1], P.shape[0]
+    shown = ", ".join(map(str, dead[:5])) + (", ..." if len(dead) > 5 else "")
+    hint = ("zero_mean on a single constant function leaves nothing" if zero_mean and d == 1 else
+            f"use more quadrature nodes (num_points > {m}, e.g. the default 4 * {d}) or another quadrature")
+    raise ValueError(
+        f"basis function(s) {shown} of {basis_name(basis)!r} (d={d}) are zero at all {m} "
+        f"{quadrature} nodes, so their inputs would be ignored; {hint}"
+    )
+
+
 def discretize(
     features: int,
     out_features: int | None = None,
@@ -93,7 +129,8 @@ def discretize(
       identity ReLU satisfies.  For the rectangular basis this is indicator / cell
       width (the spec's ReLU oracle); for the orthonormal Fourier basis it is p.
       If p is rank deficient (e.g. ``zero_mean`` on a partition of unity) the
-      pseudo-inverse makes G the orthogonal projector onto the span instead.
+      pseudo-inverse makes G the orthogonal projector onto the span instead (rank
+      decided with a relative cutoff :data:`GRAM_RTOL`, far above round-off).
     * ``"same"``: ``q = p``.
     * ``"normalized"``: ``q_i = p_i / integral p_i^2``; equals ``"dual"`` for
       orthogonal bases and stays local (banded) for local ones, which is faster.
@@ -108,6 +145,7 @@ def discretize(
         # Subtract each function's mean *under the quadrature in use*, so the
         # discretised functions integrate to exactly zero.
         P = P - (w @ P) / w.sum()
+    _check_visible(P, w, basis, quadrature, zero_mean)
     if isinstance(q, str) and q.lower() in Q_MODES:
         mode = q.lower()
         if out_features is not None and out_features != d:
@@ -118,13 +156,9 @@ def discretize(
         if mode == "same":
             Q = P
         elif mode == "normalized":
-            norms = w @ (P * P)
-            if (norms <= 0).any():
-                raise ValueError("q='normalized' needs every basis function to be non-zero on the nodes")
-            Q = P / norms
+            Q = P / (w @ (P * P))  # _check_visible: no norm is (numerically) zero
         else:
-            gram = P.t() @ (w[:, None] * P)
-            Q = P @ torch.linalg.pinv(gram, hermitian=True)
+            Q = P @ gram_pinv(P.t() @ (w[:, None] * P))
     else:
         m = d if out_features is None else _check_int("out_features", out_features, 1)
         Q = evaluate_basis(_output_basis(q), s, m)
