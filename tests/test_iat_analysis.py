@@ -14,6 +14,8 @@ from unbottleneck.iat import (
     activation_matrix,
     activation_pattern,
     iat_gain,
+    pattern_along_path,
+    pattern_events,
     pattern_jump,
     pattern_sensitivity,
 )
@@ -234,3 +236,48 @@ def test_gain_fails_for_a_zero_map():
         m.Qw.zero_()
     with pytest.raises(ValueError, match="zero"):
         iat_gain(m)
+
+
+# exact switching events (issue 14): the analytic form the iat-points order fit uses
+
+@pytest.mark.parametrize("basis", ["piecewise_linear", "fourier", "rectangular"])
+def test_exact_events_match_a_fine_sampled_path(basis):
+    m = make(D_JUMP, basis=basis, num_points=4 * D_JUMP)
+    for z0, z1 in _segments(3):
+        t, jumps = pattern_events(m, z0, z1)
+        assert t.numel() > 0 and bool((t > 0).all() and (t < 1).all() and (t.diff() > 0).all())
+        # sampled S changes exactly where the events are, by the event's jump
+        grid = torch.linspace(0, 1, 4001, dtype=DT)
+        S = activation_matrix(m, (1 - grid[:, None]) * z0 + grid[:, None] * z1)
+        change = (S[1:] - S[:-1]).flatten(1).norm(dim=1)
+        steps_with_change = change.nonzero().flatten()
+        bins = torch.bucketize(t, grid) - 1
+        if bins.unique().numel() == bins.numel():  # one event per sampled step
+            assert torch.equal(steps_with_change, bins)
+            torch.testing.assert_close(change[bins], jumps, rtol=1e-9, atol=1e-12)
+        assert pattern_jump(m, z0, z1) == pytest.approx(float(jumps.max()))
+
+
+def test_exact_jump_is_d_over_m_for_fourier_and_one_for_rectangular():
+    """One Fourier node flipping changes S by (2/M) |p(s_k)|^2 = (2/M)(d/2) = d/M; a whole
+    rectangular cell (M/d nodes) changes it by e_i e_i^T, norm 1, at every M."""
+    for factor in (1, 2, 4, 16, 64):
+        fourier = make(D_JUMP, basis="fourier", num_points=factor * D_JUMP + 1)
+        rect = make(D_JUMP, basis="rectangular", num_points=factor * D_JUMP)
+        for z0, z1 in _segments(2):
+            _, jf = pattern_events(fourier, z0, z1)
+            torch.testing.assert_close(jf, torch.full_like(jf, D_JUMP / (factor * D_JUMP + 1)))
+            _, jr = pattern_events(rect, z0, z1)
+            torch.testing.assert_close(jr, torch.ones_like(jr))
+
+
+def test_events_and_path_patterns_check_their_input():
+    m = make(D_JUMP)
+    with pytest.raises(ValueError, match=r"two vectors of shape \(d,\)"):
+        pattern_events(m, randn(2, D_JUMP), randn(D_JUMP))
+    z0, z1 = randn(D_JUMP, seed=1), randn(D_JUMP, seed=2)
+    img = pattern_along_path(m, z0, z1, steps=50)
+    assert img.shape == (51, m.num_points) and img.dtype == torch.bool
+    assert torch.equal(img[0], activation_pattern(m, z0)) and torch.equal(img[-1], activation_pattern(m, z1))
+    t, _ = pattern_events(m, z0, -z0)  # through the origin: every node switches at t = 1/2
+    assert t.numel() == 1 and float(t[0]) == pytest.approx(0.5)

@@ -42,71 +42,100 @@ def _g(x: float) -> str:
 
 # -- IAT -----------------------------------------------------------------------------------
 
-CONTINUOUS = ("iat-piecewise_linear", "iat-piecewise_linear+zm", "iat-fourier")
+#: The variant that stands for "IAT-ReLU" in every IAT claim, fixed in code before the runs
+#: that judge them.  The seed recommends basis functions with zero integral and large total
+#: variation; of the three families only the Fourier basis has both (q = dual, midpoint nodes,
+#: M = points_factor x width as each experiment states).  Every other variant is reported
+#: beside it, and the best of them is named as information, not as the verdict.
+IAT_RELU = "iat-fourier"
+
+
+def _iat_vs_relu(acts: dict, key: str, lower_is_better: bool) -> tuple[float, float, str] | None:
+    """(IAT-ReLU's mean, ReLU's mean, best-of text) for one metric, or None if either is missing."""
+    if "relu" not in acts or IAT_RELU not in acts:
+        return None
+    iats = [a for a in acts if a != "relu"]
+    pick = min if lower_is_better else max
+    best = pick(iats, key=lambda a: _mean(acts[a][key]))
+    return _mean(acts[IAT_RELU][key]), _mean(acts["relu"][key]), f"best of all: {best} {_g(_mean(acts[best][key]))}"
 
 
 def _check_fit(m: dict) -> tuple[str, bool | None]:
     parts, wins, total = [], 0, 0
     for target, acts in m["summary"].items():
-        if "relu" not in acts:
+        got = _iat_vs_relu(acts, "test_mse", lower_is_better=True)
+        if got is None:
             continue
-        cont = [a for a in acts if a in CONTINUOUS]
-        if not cont:
-            continue
-        best = min(cont, key=lambda a: _mean(acts[a]["test_mse"]))
-        relu, iat = _mean(acts["relu"]["test_mse"]), _mean(acts[best]["test_mse"])
+        iat, relu, best = got
         total += 1
         wins += iat < relu
-        parts.append(f"{target}: ReLU {_g(relu)} vs {best} {_g(iat)}")
+        parts.append(f"{target}: ReLU {_g(relu)} vs {IAT_RELU} {_g(iat)} ({best})")
     if not total:
-        return "ReLU or a continuous IAT basis missing from the run", None
-    return "; ".join(parts) + f" (IAT better on {wins}/{total})", wins > total / 2
+        return f"ReLU or {IAT_RELU} missing from the run", None
+    return "; ".join(parts) + f" ({IAT_RELU} better on {wins}/{total})", wins > total / 2
 
 
 def _check_memorize(m: dict) -> tuple[str, bool | None]:
-    s = m["summary"]
-    iats = [a for a in s if a != "relu"]
-    if "relu" not in s or not iats:
-        return "ReLU or IAT missing from the run", None
-    best = max(iats, key=lambda a: _mean(s[a]["final_acc"]))
-    relu, iat = _mean(s["relu"]["final_acc"]), _mean(s[best]["final_acc"])
-    return (f"final train acc: {best} {iat:.1%} vs ReLU {relu:.1%}",
-            iat >= 0.85 and iat > relu)
+    got = _iat_vs_relu(m["summary"], "final_acc", lower_is_better=False)
+    if got is None:
+        return f"ReLU or {IAT_RELU} missing from the run", None
+    iat, relu, best = got
+    return f"final train acc: {IAT_RELU} {iat:.1%} vs ReLU {relu:.1%} ({best})", iat >= 0.85 and iat > relu
+
+
+#: iat-continuity: the fitted order (slope of log jump vs log M) must lie within this
+#: distance of the order derived in iat_points' report: -1 for continuous bases, 0 for
+#: the rectangular one.
+ORDER_TOLERANCE = 0.2
 
 
 def _check_jumps(m: dict) -> tuple[str, bool | None]:
-    s = m["summary"]
+    jumps = m.get("jumps", {})
+    if "rectangular" not in jumps or not any(b != "rectangular" for b in jumps):
+        return "needs the rectangular basis and a continuous one (one half of the criterion not measured)", None
     parts, ok = [], True
-    for basis, by_factor in s.items():
-        factors = sorted(by_factor, key=int)
-        if len(factors) < 2:
-            return "needs at least two values of M", None
-        lo, hi = by_factor[factors[0]]["pattern_jump"], by_factor[factors[-1]]["pattern_jump"]
-        shrink = int(factors[-1]) / int(factors[0])
-        parts.append(f"{basis}: jump {_g(lo)} at M={factors[0]}d -> {_g(hi)} at M={factors[-1]}d")
-        if basis == "rectangular":
-            ok &= hi >= 0.5 * lo  # stays O(1)
-        else:
-            ok &= hi <= 2.0 * lo / shrink  # shrinks at least about like 1/M
+    for basis, j in jumps.items():
+        if math.isnan(j["order"]):
+            return f"needs two values of M >= {j['order_from_M']} to fit the order", None
+        expected = 0.0 if basis == "rectangular" else -1.0
+        ok &= abs(j["order"] - expected) <= ORDER_TOLERANCE
+        parts.append(f"{basis}: order {j['order']:.2f} over M >= {j['order_from_M']} (predicted {expected:g}; "
+                     f"{j['order_all']:.2f} over all M; jump {_g(j['jump'][0])} at "
+                     f"M={j['M'][0]} -> {_g(j['jump'][-1])} at M={j['M'][-1]})")
     return "; ".join(parts), ok
 
 
-def _check_smoothness(m: dict) -> tuple[str, bool | None]:
-    s = m["summary"]
-    parts, ok, seen = [], True, False
-    for basis, by_factor in s.items():
+def _continuous_ends(m: dict):
+    for basis, by_factor in m["summary"].items():
         if basis == "rectangular":
             continue
         factors = sorted(by_factor, key=int)
-        if len(factors) < 2:
-            return "needs at least two values of M", None
-        lo, hi = (_mean(by_factor[f]["smoothness"]) for f in (factors[0], factors[-1]))
-        t_lo, t_hi = (_mean(by_factor[f]["ms_per_step"]) for f in (factors[0], factors[-1]))
-        seen = True
-        ok &= hi <= lo and t_hi >= t_lo
-        parts.append(f"{basis}: roughness {_g(lo)} -> {_g(hi)}, ms/step {t_lo:.2f} -> {t_hi:.2f} "
-                     f"(M={factors[0]}d -> {factors[-1]}d)")
-    return ("; ".join(parts), ok) if seen else ("no continuous basis in the run", None)
+        if len(factors) >= 2:
+            yield basis, factors[0], factors[-1], by_factor[factors[0]], by_factor[factors[-1]]
+
+
+def _check_smoothness(m: dict) -> tuple[str, bool | None]:
+    parts, ok = [], True
+    for basis, f_lo, f_hi, lo, hi in _continuous_ends(m):
+        r_lo, r_hi = _mean(lo["smoothness"]), _mean(hi["smoothness"])
+        ok &= r_hi <= r_lo and hi["macs"] > lo["macs"]
+        parts.append(f"{basis}: roughness {_g(r_lo)} -> {_g(r_hi)}, multiply-adds/sample {lo['macs']:,} -> "
+                     f"{hi['macs']:,} (M={f_lo}d -> {f_hi}d; ms/step {_mean(lo['ms_per_step']):.2f} -> "
+                     f"{_mean(hi['ms_per_step']):.2f}, information)")
+    return ("; ".join(parts), ok) if parts else ("no continuous basis with two values of M in the run", None)
+
+
+def _check_stability(m: dict) -> tuple[str, bool | None]:
+    parts, ok = [], True
+    for basis, f_lo, f_hi, lo, hi in _continuous_ends(m):
+        if hi["runs"] < 5:
+            return "needs >= 5 seeds per M", None
+        s_lo, s_hi = _mean(lo["spikes"]), _mean(hi["spikes"])
+        ok &= s_hi <= s_lo and hi["divergences"] == 0
+        parts.append(f"{basis}: loss spikes/run {s_lo:.1f} -> {s_hi:.1f}, diverged {lo['divergences']}/"
+                     f"{lo['runs']} -> {hi['divergences']}/{hi['runs']}, grad-norm spread "
+                     f"{_g(_mean(lo['grad_spread']))} -> {_g(_mean(hi['grad_spread']))} (M={f_lo}d -> {f_hi}d)")
+    return ("; ".join(parts), ok) if parts else ("no continuous basis with two values of M in the run", None)
 
 
 # -- Adaptive parameterization ---------------------------------------------------------------
@@ -290,18 +319,25 @@ def _mnist_claims(step: str, suffix: str) -> list[Claim]:
 CLAIMS: list[Claim] = [
     Claim("iat-fit", "IAT", "IAT-ReLU trains better than ReLU on high-frequency function fitting "
           "(same architecture, optimiser, budget).",
-          "best continuous-basis IAT has lower mean test MSE than ReLU on most targets",
+          f"{IAT_RELU} (the pre-registered IAT-ReLU) has lower mean test MSE than ReLU on most targets",
           ("iat-fit",), _check_fit),
     Claim("iat-memorize", "IAT", "Random-label memorisation: IAT-ReLU reaches about 90% training "
           "accuracy where ReLU stays lower.",
-          "best IAT final training accuracy >= 85% and above ReLU's", ("iat-memorize",), _check_memorize),
+          f"{IAT_RELU} (the pre-registered IAT-ReLU): mean final training accuracy >= 85% and above ReLU's",
+          ("iat-memorize",), _check_memorize),
     Claim("iat-continuity", "IAT", "Continuous bases give a continuously varying activation pattern "
           "(jumps O(1/M)); rectangular ones jump (O(1)).",
-          "continuous: max Jacobian jump shrinks at least ~1/M; rectangular: does not shrink",
+          f"order of the exact largest Jacobian jump in M (least-squares slope over M >= 8 x width) within "
+          f"{ORDER_TOLERANCE} of the derived order: -1 for every continuous basis, 0 for the rectangular "
+          "one (both halves measured)",
           ("iat-points",), _check_jumps),
     Claim("iat-points", "IAT", "Larger M: smoother learned functions, at a higher cost.",
-          "continuous bases: fit roughness at the largest M <= at the smallest, and time per step "
-          "grows", ("iat-points",), _check_smoothness),
+          "continuous bases: fit roughness at the largest M <= at the smallest, and multiply-adds per "
+          "sample grow (wall time reported, not judged)", ("iat-points",), _check_smoothness),
+    Claim("iat-stability", "IAT", "Larger M: training is at least as stable (seed experiment c; the "
+          "seed names the effect on stability without a direction, so this is our stated reading).",
+          "continuous bases, >= 5 seeds: mean loss spikes per run at the largest M <= at the smallest, "
+          "and no divergence at the largest M", ("iat-points",), _check_stability),
     *_mnist_claims("mnist-seed", ""),
     *_mnist_claims("mnist-modern", "-modern"),
     Claim("multimodal-sva", "Adaptive", "sin(10x) from a multi-modal input: the 2-unit static net "

@@ -98,6 +98,31 @@ def smoothness(pred: torch.Tensor, target: str, cfg: IATFitConfig) -> float:
     return float(lap.pow(2).mean().sqrt())
 
 
+#: A loss spike: a step whose training loss exceeds SPIKE_FACTOR x the lowest loss of the
+#: steps before it (the first SPIKE_WARMUP share of training, where the loss still falls
+#: from its initial value, is not counted).  Fixed before the iat-points runs that use it.
+SPIKE_FACTOR = 2.0
+SPIKE_WARMUP = 0.1
+
+
+def stability(losses: list[float], grad_norms: list[float]) -> dict[str, float]:
+    """Per-run training-stability measures from the per-step loss and gradient norm.
+
+    ``spikes``: count of loss spikes (see :data:`SPIKE_FACTOR`); ``grad_spread``: std of
+    log10(gradient norm) over the second half of training; ``diverged``: 1 if a loss was
+    non-finite or the final loss is above the first, else 0.
+    """
+    loss = torch.tensor(losses, dtype=torch.float64)
+    finite = bool(torch.isfinite(loss).all())
+    best = torch.cummin(loss, 0).values
+    start = max(1, int(SPIKE_WARMUP * len(losses)))
+    spikes = int((loss[start:] > SPIKE_FACTOR * best[start - 1:-1]).sum()) if finite else len(losses)
+    g = torch.tensor(grad_norms[len(grad_norms) // 2:], dtype=torch.float64).clamp(min=1e-30)
+    spread = float(g.log10().std()) if g.numel() > 1 and bool(torch.isfinite(g).all()) else float("nan")
+    diverged = (not finite) or losses[-1] > losses[0]
+    return {"spikes": float(spikes), "grad_spread": spread, "diverged": float(diverged)}
+
+
 def train_one(target, activation, seed, cfg: IATFitConfig, bar):
     gen = seed_everything(cfg.seed * 1000 + seed)
     x_tr, y_tr, x_te, y_te = make_data(target, cfg, gen)
@@ -106,12 +131,14 @@ def train_one(target, activation, seed, cfg: IATFitConfig, bar):
     torch.manual_seed(cfg.seed * 1000 + seed)  # same init draw for every activation
     model = make_mlp(x_tr.shape[1], cfg.width, 1, cfg.depth, activation, cfg.points_factor).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    curve = []
+    curve, losses, grad_norms = [], [], []
     start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         opt.zero_grad(set_to_none=True)
         loss = torch.mean((model(x_tr) - y_tr) ** 2)
         loss.backward()
+        losses.append(loss.item())
+        grad_norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])))
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             with torch.no_grad():
@@ -130,6 +157,8 @@ def train_one(target, activation, seed, cfg: IATFitConfig, bar):
         "tv_ratio": total_variation(pred[:, 0]) / total_variation(y_te[:, 0].cpu())
         if target in TARGETS_1D else float("nan"),
         "ms_per_step": 1000 * elapsed / cfg.steps,
+        **stability(losses, grad_norms),
+        "loss_trace": losses,
         "params": count_parameters(model),
         "pred": pred,
         "x_test": x_te.cpu(),

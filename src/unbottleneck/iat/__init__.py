@@ -4,6 +4,8 @@ from .analysis import (
     activation_matrix,
     activation_pattern,
     iat_gain,
+    pattern_along_path,
+    pattern_events,
     pattern_jump,
     pattern_sensitivity,
 )
@@ -29,6 +31,8 @@ __all__ = [
     "iat_fast",
     "iat_gain",
     "iat_reference",
+    "pattern_along_path",
+    "pattern_events",
     "pattern_jump",
     "pattern_sensitivity",
     "quadrature_rule",
