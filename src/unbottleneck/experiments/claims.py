@@ -138,6 +138,20 @@ def _check_stability(m: dict) -> tuple[str, bool | None]:
     return ("; ".join(parts), ok) if parts else ("no continuous basis with two values of M in the run", None)
 
 
+def _check_transfer(m: dict) -> tuple[str, bool | None]:
+    basis = IAT_RELU.removeprefix("iat-")
+    s = m["summary"].get(basis)
+    if s is None:
+        return f"basis {basis} not in the run", None
+    parts, ok = [], True
+    for width, t in s["targets"].items():
+        ft, scratch = _mean(t["transfer + fine-tune"]), _mean(t["scratch, same budget"])
+        ok &= ft < scratch
+        parts.append(f"{m['width']} -> {width}: zero-shot {_g(_mean(t['zero-shot']))}, fine-tuned {_g(ft)} vs "
+                     f"scratch {_g(scratch)}")
+    return f"{basis} (source {_g(_mean(s['source']))}): " + "; ".join(parts), ok
+
+
 # -- Adaptive parameterization ---------------------------------------------------------------
 
 def _mnist_acc(variant: str, claim: float) -> Check:
@@ -338,6 +352,11 @@ CLAIMS: list[Claim] = [
           "seed names the effect on stability without a direction, so this is our stated reading).",
           "continuous bases, >= 5 seeds: mean loss spikes per run at the largest M <= at the smallest, "
           "and no divergence at the largest M", ("iat-points",), _check_stability),
+    Claim("iat-transfer", "IAT", "Open question 2: a learned activation pattern can be transferred "
+          "between networks of different widths (a stated question, not a seed result).",
+          f"{IAT_RELU}'s GDNN re-discretised with GDNN.resample and fine-tuned has lower mean test MSE "
+          "than the target width trained from scratch with the same fine-tune budget, at every target "
+          "width (d/2, 2d, 4d); zero-shot error reported", ("iat-transfer",), _check_transfer),
     *_mnist_claims("mnist-seed", ""),
     *_mnist_claims("mnist-modern", "-modern"),
     Claim("multimodal-sva", "Adaptive", "sin(10x) from a multi-modal input: the 2-unit static net "

@@ -81,6 +81,21 @@ def check_activation(name: str) -> None:
     parse_activation(name)
 
 
+def require_discretisable(activations: Iterable[str], widths: Iterable[int], factors: Iterable[int]) -> None:
+    """Build each IAT activation once at every (width, M = factor x width) so that a size the
+    library refuses (a basis function zero at every node) fails at config time, not mid-run."""
+    for name in activations:
+        basis, options = parse_activation(name)
+        if basis == "relu":
+            continue
+        for width in widths:
+            for factor in factors:
+                try:
+                    IAT(width, basis=basis, num_points=factor * width, **options)
+                except ValueError as exc:
+                    raise ValueError(f"{name} at width {width}, M = {factor} x width: {exc}") from None
+
+
 def make_activation(name: str, width: int, points_factor: int = 4, **iat_kwargs: Any) -> nn.Module:
     """``"relu"`` -> nn.ReLU; ``"iat-<basis>[+zm]"`` -> IATReLU with M = points_factor * width."""
     basis, options = parse_activation(name)

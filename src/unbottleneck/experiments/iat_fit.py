@@ -23,6 +23,7 @@ from .common import (
     markdown_table,
     mean_std,
     plural,
+    require_discretisable,
     require_lr,
     require_nonempty,
     require_positive,
@@ -71,6 +72,7 @@ class IATFitConfig:
         for a in self.activations:
             check_activation(a)
         require_positive(self, "width", "depth", "points_factor", "steps", "seeds", "eval_every")
+        require_discretisable(self.activations, [self.width], [self.points_factor])
 
 
 def make_data(target: str, cfg: IATFitConfig, gen: torch.Generator):

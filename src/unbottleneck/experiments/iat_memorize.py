@@ -23,6 +23,7 @@ from .common import (
     markdown_table,
     mean_std,
     plural,
+    require_discretisable,
     require_lr,
     require_nonempty,
     require_positive,
@@ -61,6 +62,7 @@ class IATMemorizeConfig:
             check_activation(a)
         require_positive(self, "n_samples", "input_dim", "num_classes", "width", "depth",
                          "points_factor", "epochs", "batch_size", "seeds")
+        require_discretisable(self.activations, [self.width], [self.points_factor])
 
 
 def make_data(cfg: IATMemorizeConfig, gen: torch.Generator, data_dir=None):

@@ -22,7 +22,16 @@ from torch import nn
 from ..iat import IAT, pattern_events
 from ..training import seed_everything
 from . import iat_fit, iat_memorize
-from .common import check_activation, fmt, make_mlp, markdown_table, mean_std, plural, require_nonempty
+from .common import (
+    check_activation,
+    fmt,
+    make_mlp,
+    markdown_table,
+    mean_std,
+    plural,
+    require_discretisable,
+    require_nonempty,
+)
 from .iat_figures import jump_figure, pattern_figure, sweep_figure
 from .runner import RunContext, register
 
@@ -58,6 +67,9 @@ class IATPointsConfig:
             raise ValueError(f"unknown target {self.target!r}; choose from {', '.join(iat_fit.TARGETS)}")
         if self.seeds < 1 or self.jump_segments < 1:
             raise ValueError("seeds and jump_segments must be >= 1")
+        acts = ["iat-" + b for b in self.bases]
+        require_discretisable(acts, {self.fit_width, iat_memorize.IATMemorizeConfig.width}, self.factors)
+        require_discretisable(acts, [self.jump_width], self.jump_factors)
 
 
 def multiply_adds(model: nn.Module, num_inputs: int = 1) -> int:

@@ -65,6 +65,7 @@ PLAN: list[Step] = [
     Step("iat-fit"),
     Step("iat-memorize"),
     Step("iat-points"),
+    Step("iat-transfer"),
     Step("multimodal"),
     Step("mnist-bottleneck", name="mnist-seed", full=("regime=seed",), quick=("regime=seed",)),
     Step("mnist-bottleneck", name="mnist-modern", full=("regime=modern", _MODERN_VARIANTS),

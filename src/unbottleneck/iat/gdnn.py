@@ -87,6 +87,22 @@ class GDNN(nn.Module):
             if lin.bias is not None:
                 lin.bias.zero_()
 
+    def resample(self, hidden_features: int, num_points: int | None = None,
+                 fine_points: int | None = None) -> GDNN:
+        """Re-discretise at another width through the continuous state functions.
+
+        Every layer's weight functions (first layer ``A^T p(s)``, hidden kernels
+        ``p(s')^T W q(s)``, output weights ``W q(s)``) are projected in L2 onto the bases
+        with ``hidden_features`` functions; M keeps its ratio to the width unless
+        ``num_points`` is given.  See :mod:`unbottleneck.iat.resample` for the formulas.
+
+        Returns:
+            a new GDNN (this one is unchanged).
+        """
+        from .resample import resample_gdnn
+
+        return resample_gdnn(self, hidden_features, num_points, fine_points)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
         first = self.linears[0]
