@@ -152,6 +152,38 @@ def _check_transfer(m: dict) -> tuple[str, bool | None]:
     return f"{basis} (source {_g(_mean(s['source']))}): " + "; ".join(parts), ok
 
 
+def _basis_comparisons(s: dict) -> list[tuple[str, bool]]:
+    """(description, seed's direction won) for every within-family pair the ablation ran."""
+    out = []
+    tasks = (("fit_test_mse", "fit MSE", True), ("memorize_acc", "memorise acc", False))
+
+    def better(a: dict, b: dict, key: str, lower: bool) -> bool:
+        return _mean(a[key]) < _mean(b[key]) if lower else _mean(a[key]) > _mean(b[key])
+
+    for family in ("fourier", "hats"):
+        plain = [v for v in s.values() if v["family"] == family and not v["zero_mean"]]
+        if len(plain) >= 2:
+            hi, lo = max(plain, key=lambda v: v["tv_per_norm"]), min(plain, key=lambda v: v["tv_per_norm"])
+            out += [(f"{family} TV {hi['tv_per_norm']:.3g} vs {lo['tv_per_norm']:.3g}, {label}", better(hi, lo, k, low))
+                    for k, label, low in tasks]
+    for name, v in s.items():
+        if v["family"] == "hats" and v["zero_mean"] and name.removesuffix("+zm") in s:
+            plain = s[name.removesuffix("+zm")]
+            out += [(f"{name} vs without zm, {label}", better(v, plain, k, low)) for k, label, low in tasks]
+    return out
+
+
+def _check_basis(m: dict) -> tuple[str, bool | None]:
+    comps = _basis_comparisons(m["summary"])
+    if not comps:
+        return "no within-family pair in the run", None
+    won = sum(w for _, w in comps)
+    share = won / len(comps)
+    text = f"seed's direction in {won}/{len(comps)} comparisons: " + "; ".join(
+        f"{d} {'yes' if w else 'no'}" for d, w in comps)
+    return text, True if share >= 0.7 else False if share <= 0.3 else None
+
+
 # -- Adaptive parameterization ---------------------------------------------------------------
 
 def _mnist_acc(variant: str, claim: float) -> Check:
@@ -357,6 +389,11 @@ CLAIMS: list[Claim] = [
           f"{IAT_RELU}'s GDNN re-discretised with GDNN.resample and fine-tuned has lower mean test MSE "
           "than the target width trained from scratch with the same fine-tune budget, at every target "
           "width (d/2, 2d, 4d); zero-shot error reported", ("iat-transfer",), _check_transfer),
+    Claim("iat-basis", "IAT", "Basis functions with zero integral and large total variation make "
+          "IAT-ReLU more expressive (fit and memorise better).",
+          "within-family comparisons on both tasks (highest vs lowest total variation per unit norm "
+          "in each family; zero_mean vs not for each hat width): met if the seed's direction wins >= 70% "
+          "of them, not met if <= 30%, else undecided", ("iat-ablation",), _check_basis),
     *_mnist_claims("mnist-seed", ""),
     *_mnist_claims("mnist-modern", "-modern"),
     Claim("multimodal-sva", "Adaptive", "sin(10x) from a multi-modal input: the 2-unit static net "

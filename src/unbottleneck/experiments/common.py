@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -109,11 +109,13 @@ def make_mlp(
     width: int,
     out_features: int,
     depth: int,
-    activation: str,
+    activation: str | Callable[[int], nn.Module],
     points_factor: int = 4,
     **iat_kwargs: Any,
 ) -> nn.Sequential:
     """``depth`` hidden layers of size ``width``; the same parameters for every activation.
+
+    ``activation``: a name (see :func:`make_activation`) or a factory ``width -> module``.
 
     Linear layers use He-style init with the activation's own gain (sqrt(2) for ReLU,
     :func:`~unbottleneck.iat.iat_gain` for IATs), so all variants start from the same
@@ -128,7 +130,8 @@ def make_mlp(
         with torch.no_grad():
             lin.weight.normal_(0.0, gain / math.sqrt(lin.in_features))
             lin.bias.zero_()
-        act = make_activation(activation, width, points_factor, **iat_kwargs)
+        act = (activation(width) if callable(activation)
+               else make_activation(activation, width, points_factor, **iat_kwargs))
         gain = math.sqrt(2.0) if isinstance(act, nn.ReLU) else iat_gain(act)
         layers += [lin, act]
     head = nn.Linear(width, out_features)

@@ -66,6 +66,7 @@ PLAN: list[Step] = [
     Step("iat-memorize"),
     Step("iat-points"),
     Step("iat-transfer"),
+    Step("iat-ablation"),
     Step("multimodal"),
     Step("mnist-bottleneck", name="mnist-seed", full=("regime=seed",), quick=("regime=seed",)),
     Step("mnist-bottleneck", name="mnist-modern", full=("regime=modern", _MODERN_VARIANTS),

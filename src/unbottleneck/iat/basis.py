@@ -86,6 +86,46 @@ def fourier(s: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(is_sin, torch.sin(arg), torch.cos(arg))
 
 
+class ShiftedFourier:
+    """Fourier basis with every frequency raised by ``offset``: sin((k + offset) pi s),
+    cos((k + offset) pi s), k = 1, 2, ...  Same zero integral and orthonormality, larger
+    total variation (4 (k + offset) per function).  A callable ``fn(s) -> (len(s), n)``."""
+
+    def __init__(self, n: int, offset: int = 0) -> None:
+        self.n, self.offset = int(n), int(offset)
+        self.__name__ = f"fourier+{self.offset}"
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        s = s.to(torch.float64)
+        j = torch.arange(self.n, dtype=torch.float64)
+        arg = math.pi * s[:, None] * (torch.floor(j / 2) + 1 + self.offset)[None, :]
+        return torch.where((torch.arange(self.n) % 2 == 0)[None, :], torch.sin(arg), torch.cos(arg))
+
+    def __repr__(self) -> str:
+        return f"ShiftedFourier(n={self.n}, offset={self.offset})"
+
+
+class WideHats:
+    """Hat functions on ``n`` uniform centres of [-1, 1] whose half-width is ``support``
+    node spacings (1 = the ``piecewise_linear`` family).  Wider hats have a smaller total
+    variation per unit L2 norm.  A callable ``fn(s) -> (len(s), n)``."""
+
+    def __init__(self, n: int, support: float = 1.0) -> None:
+        if n < 2 or support <= 0:
+            raise ValueError("WideHats needs n >= 2 and support > 0")
+        self.n, self.support = int(n), float(support)
+        self.__name__ = f"hats x{self.support:g}"
+
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        s = s.to(torch.float64)
+        centres = torch.linspace(-1.0, 1.0, self.n, dtype=torch.float64)
+        half = self.support * 2.0 / (self.n - 1)
+        return (1.0 - (s[:, None] - centres[None, :]).abs() / half).clamp_(min=0.0)
+
+    def __repr__(self) -> str:
+        return f"WideHats(n={self.n}, support={self.support:g})"
+
+
 _FAMILIES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "rectangular": rectangular,
     "piecewise_linear": piecewise_linear,
@@ -130,7 +170,9 @@ def basis_properties(
     coordinate moves).
 
     Returns:
-        dict with float64 tensors ``integral`` (n,), ``total_variation`` (n,).
+        dict with float64 tensors ``integral`` (n,), ``total_variation`` (n,) and ``l2_norm``
+        (n,); ``total_variation / l2_norm`` is the scale-free measure (a rescaled basis is
+        absorbed by the neighbouring linear layers).
     """
     s = torch.linspace(-1.0, 1.0, resolution, dtype=torch.float64)
     values = evaluate_basis(basis, s, n)
@@ -140,4 +182,5 @@ def basis_properties(
         values = values - integral / 2.0
         integral = torch.zeros_like(integral)
     tv = values.diff(dim=0).abs().sum(0)
-    return {"integral": integral, "total_variation": tv}
+    l2 = (h * ((values * values).sum(0) - 0.5 * (values[0] ** 2 + values[-1] ** 2))).clamp(min=0).sqrt()
+    return {"integral": integral, "total_variation": tv, "l2_norm": l2}
