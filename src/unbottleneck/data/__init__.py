@@ -6,6 +6,7 @@ Files live under ``<root>/<dataset>/`` where the root is an explicit
 pinned by size and sha256 in :data:`DATASETS`.
 """
 
+from .cifar import load_cifar10, read_cifar_archive
 from .corpus import (
     CORPORA,
     BPTTSchedule,
@@ -50,7 +51,9 @@ __all__ = [
     "dataset_dir",
     "fetch_dataset",
     "fetch_file",
+    "load_cifar10",
     "load_mnist",
+    "read_cifar_archive",
     "read_idx",
     "resolve_data_dir",
     "sha256_file",

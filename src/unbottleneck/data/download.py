@@ -154,6 +154,18 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         ),
     ),
+    "cifar10": DatasetSpec(
+        "cifar10",
+        "CIFAR-10, binary version (one archive of fixed-length records), 50k train / 10k test",
+        _files(
+            ("https://www.cs.toronto.edu/~kriz/{name}",),
+            (
+                # md5 c32a1d4ab5d03f1284b67883e8d87530 as published on the dataset's page
+                ("cifar-10-binary.tar.gz", 170_052_171,
+                 "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),
+            ),
+        ),
+    ),
     "ptb": DatasetSpec(
         "ptb",
         "Penn Treebank, Mikolov word-level language-modelling version",
