@@ -15,6 +15,7 @@ TINY = {
     "iat-memorize": ["n_samples=60", "epochs=2", "width=8", "depth=2"],
     "iat-points": ["fit_steps=10", "memorize_epochs=1", "factors=1,2", "fit_width=8", "jump_factors=2,8,16"],
     "iat-transfer": ["steps=10", "finetune_steps=3", "width=4"],
+    "iat-classify": ["n_train=200", "mlp_width=8", "cnn_channels=2,4"],
     "iat-ablation": ["fit_steps=10", "memorize_epochs=1", "fit_width=8", "fourier_offsets=2"],
     "multimodal": ["steps=30", "eval_every=10", "n_train=100", "n_test=51"],
     "mnist-bottleneck": ["n_train=500", "diag_samples=200", "hidden=16,8",

@@ -152,6 +152,21 @@ def _check_transfer(m: dict) -> tuple[str, bool | None]:
     return f"{basis} (source {_g(_mean(s['source']))}): " + "; ".join(parts), ok
 
 
+def _check_classify(m: dict) -> tuple[str, bool | None]:
+    parts, signs = [], []
+    for kind, acts in m["summary"].items():
+        got = _iat_vs_relu(acts, "test_acc", lower_is_better=False)
+        if got is None:
+            continue
+        iat, relu, best = got
+        signs.append(iat > relu)
+        time = _mean(acts[IAT_RELU]["s_per_epoch"]) / max(_mean(acts["relu"]["s_per_epoch"]), 1e-12)
+        parts.append(f"{kind}: {IAT_RELU} {iat:.2%} vs ReLU {relu:.2%} ({best}; {time:.1f}x ReLU's time per epoch)")
+    if not signs:
+        return f"ReLU or {IAT_RELU} missing from the run", None
+    return "; ".join(parts), True if all(signs) else False if not any(signs) else None
+
+
 def _basis_comparisons(s: dict) -> list[tuple[str, bool]]:
     """(description, seed's direction won) for every within-family pair the ablation ran."""
     out = []
@@ -394,6 +409,11 @@ CLAIMS: list[Claim] = [
           "within-family comparisons on both tasks (highest vs lowest total variation per unit norm "
           "in each family; zero_mean vs not for each hat width): met if the seed's direction wins >= 70% "
           "of them, not met if <= 30%, else undecided", ("iat-ablation",), _check_basis),
+    Claim("iat-classify", "IAT", "Next check named by the seed: IAT-ReLU on a benchmark dataset "
+          "(MNIST classification; a stated question, not a seed result).",
+          f"{IAT_RELU} vs ReLU at equal parameters, optimiser and budget, >= 3 seeds: met if its mean test "
+          "accuracy is higher for both the MLP and the CNN, not met if lower for both, else undecided",
+          ("iat-classify",), _check_classify),
     *_mnist_claims("mnist-seed", ""),
     *_mnist_claims("mnist-modern", "-modern"),
     Claim("multimodal-sva", "Adaptive", "sin(10x) from a multi-modal input: the 2-unit static net "

@@ -83,13 +83,18 @@ def check_activation(name: str) -> None:
 
 def require_discretisable(activations: Iterable[str], widths: Iterable[int], factors: Iterable[int]) -> None:
     """Build each IAT activation once at every (width, M = factor x width) so that a size the
-    library refuses (a basis function zero at every node) fails at config time, not mid-run."""
+    library refuses (a basis function zero at every node) fails at config time, not mid-run.
+
+    Factors >= 2 are not built (that would cost O(M d) memory for a check that cannot fail):
+    with M >= 2d nodes of any of the three rules every cell, hat and cosine of the named
+    families holds a node whose value is far from zero (width 1 is built: zero_mean empties it).
+    """
     for name in activations:
         basis, options = parse_activation(name)
         if basis == "relu":
             continue
         for width in widths:
-            for factor in factors:
+            for factor in (f for f in factors if f < 2 or width < 2):
                 try:
                     IAT(width, basis=basis, num_points=factor * width, **options)
                 except ValueError as exc:

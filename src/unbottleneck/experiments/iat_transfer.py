@@ -15,6 +15,7 @@ GDNN's own initialisation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ from .common import (
 from .iat_fit import TARGETS_1D, IATFitConfig, make_data
 from .runner import RunContext, register
 
+MAX_WIDTH = 4096  # a CPU-sized experiment; larger widths are refused at config time
 CONDITIONS = ("zero-shot", "transfer + fine-tune", "scratch, same budget", "scratch, full budget")
 
 
@@ -59,8 +61,9 @@ class IATTransferConfig:
             check_activation("iat-" + b)
         if self.target not in TARGETS_1D:
             raise ValueError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS_1D)}")
-        if not self.scales or any(s <= 0 or int(round(s * self.width)) < 1 for s in self.scales):
-            raise ValueError("scales must be positive and give target widths >= 1")
+        if not self.scales or any(not math.isfinite(s * self.width) or not 1 <= round(s * self.width) <= MAX_WIDTH
+                                  for s in self.scales):
+            raise ValueError(f"scales must give target widths (scale x width) between 1 and {MAX_WIDTH}")
         require_discretisable(["iat-" + b for b in self.bases], [self.width, *self.widths()],
                               [self.points_factor])
 

@@ -67,6 +67,7 @@ PLAN: list[Step] = [
     Step("iat-points"),
     Step("iat-transfer"),
     Step("iat-ablation"),
+    Step("iat-classify"),
     Step("multimodal"),
     Step("mnist-bottleneck", name="mnist-seed", full=("regime=seed",), quick=("regime=seed",)),
     Step("mnist-bottleneck", name="mnist-modern", full=("regime=modern", _MODERN_VARIANTS),
