@@ -51,13 +51,16 @@ IAT_RELU = "iat-fourier"
 
 
 def _iat_vs_relu(acts: dict, key: str, lower_is_better: bool) -> tuple[float, float, str] | None:
-    """(IAT-ReLU's mean, ReLU's mean, best-of text) for one metric, or None if either is missing."""
+    """(IAT-ReLU's mean, ReLU's mean, best-of text) for one metric, or None if either is missing.
+    Error metrics (lower is better) print with 3 digits, accuracies as percentages."""
     if "relu" not in acts or IAT_RELU not in acts:
         return None
     iats = [a for a in acts if a != "relu"]
     pick = min if lower_is_better else max
     best = pick(iats, key=lambda a: _mean(acts[a][key]))
-    return _mean(acts[IAT_RELU][key]), _mean(acts["relu"][key]), f"best of all: {best} {_g(_mean(acts[best][key]))}"
+    value = _mean(acts[best][key])
+    shown = _g(value) if lower_is_better else f"{value:.2%}"
+    return _mean(acts[IAT_RELU][key]), _mean(acts["relu"][key]), f"best of all: {best} {shown}"
 
 
 def _check_fit(m: dict) -> tuple[str, bool | None]:

@@ -20,8 +20,11 @@ import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
+import torch
+
 from ..iat import IAT, basis_properties
 from ..iat.basis import ShiftedFourier, WideHats
+from ..iat.module import GRAM_RTOL
 from ..training import seed_everything
 from . import iat_fit, iat_memorize
 from .common import fmt, markdown_table, mean_std, plural, require_positive
@@ -64,10 +67,20 @@ class Variant:
     def activation(self, points_factor: int, width: int) -> IAT:
         return IAT(width, basis=self.basis(width), num_points=points_factor * width, zero_mean=self.zero_mean)
 
-    def properties(self, n: int) -> dict[str, float]:
+    def properties(self, n: int, points_factor: int) -> dict[str, float]:
+        """TV per unit norm and |integral| (the seed's properties) and two confounds at this M:
+        the Gram matrix's condition number (on its range) and the nodes per shortest feature
+        (the period of the highest frequency, or the support of one hat)."""
         props = basis_properties(self.basis(n), n, zero_mean=self.zero_mean)
+        iat = self.activation(points_factor, n)
+        eig = torch.linalg.eigvalsh(iat.P.double().t() @ (iat.weights.double()[:, None] * iat.P.double()))
+        eig = eig[eig > GRAM_RTOL * eig[-1]]
+        shortest = (2.0 / (n // 2 + self.param) if self.family == "fourier"
+                    else 2 * self.param * 2.0 / (n - 1))
         return {"tv_per_norm": float((props["total_variation"] / props["l2_norm"]).mean()),
-                "abs_integral": float(props["integral"].abs().mean())}
+                "abs_integral": float(props["integral"].abs().mean()),
+                "gram_cond": float(eig[-1] / eig[0]),
+                "nodes_per_feature": shortest * iat.num_points / 2.0}
 
 
 def variants(cfg: IATAblationConfig) -> list[Variant]:
@@ -103,7 +116,7 @@ def summarize(cfg: IATAblationConfig, rows: list[dict]) -> dict:
     for v in variants(cfg):
         sel = [r for r in rows if r["variant"] == v.name]
         out[v.name] = {"family": v.family, "param": v.param, "zero_mean": v.zero_mean,
-                       **v.properties(cfg.fit_width),
+                       **v.properties(cfg.fit_width, cfg.points_factor),
                        "fit_test_mse": mean_std(r["fit_test_mse"] for r in sel),
                        "memorize_acc": mean_std(r["memorize_acc"] for r in sel)}
     return out
@@ -129,8 +142,9 @@ def figure(ctx: RunContext, summary: dict) -> None:
 
 
 def report(cfg: IATAblationConfig, ctx: RunContext, summary: dict) -> str:
-    table = [[name, f"{s['tv_per_norm']:.3g}", f"{s['abs_integral']:.2g}", fmt(s["fit_test_mse"], 3, True),
-              fmt(s["memorize_acc"], 3)] for name, s in summary.items()]
+    table = [[name, f"{s['tv_per_norm']:.3g}", f"{s['abs_integral']:.2g}", f"{s['gram_cond']:.3g}",
+              f"{s['nodes_per_feature']:.3g}", fmt(s["fit_test_mse"], 3, True), fmt(s["memorize_acc"], 3)]
+             for name, s in summary.items()]
     mem = iat_memorize.IATMemorizeConfig()
     return "\n".join([
         "# iat-ablation: zero integral and total variation of the basis",
@@ -145,7 +159,14 @@ def report(cfg: IATAblationConfig, ctx: RunContext, summary: dict) -> str:
         "`+zm`: zero_mean (each function's integral removed).  TV / norm: mean over the basis of "
         "total variation divided by L2 norm on [-1, 1] (at the fit width); mean abs integral: over the basis functions.",
         "",
-        markdown_table(["variant", "TV / norm", "mean abs integral", "fit test MSE", "memorise acc"], table),
+        markdown_table(["variant", "TV / norm", "mean abs integral", "Gram cond", "nodes per feature",
+                        "fit test MSE", "memorise acc"], table),
+        "",
+        "Two things change with total variation here besides it, shown so a reader can weigh them: "
+        "*Gram cond* (condition number of the discrete Gram matrix on its range; wide hats overlap, so "
+        "their dual basis q has large, oscillating coefficients) and *nodes per feature* (quadrature "
+        "nodes per period of the highest frequency, or per hat support, at the fit width; shifting "
+        "the frequencies up at a fixed M leaves fewer nodes to resolve them).",
         "",
         "![ablation](ablation.png)",
         "",

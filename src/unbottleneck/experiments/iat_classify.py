@@ -53,7 +53,7 @@ class IATClassifyConfig:
     epochs: int = 2
     batch_size: int = 128
     lr: float = 1e-3
-    seeds: int = 3
+    seeds: int = 5
     seed: int = 0
     device: str = "cpu"
 

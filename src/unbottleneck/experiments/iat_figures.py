@@ -28,7 +28,11 @@ def sweep_figure(ctx: RunContext, cfg: Any, summary: dict, rows: list[dict]) -> 
     import matplotlib.pyplot as plt
 
     panels = [p for p in SWEEP_PANELS if p[0] != "memorize_acc" or cfg.memorize]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.6 * (len(panels) + 1), 3.4), layout="constrained")
+    cols = (len(panels) + 2) // 2
+    fig, grid = plt.subplots(2, cols, figsize=(3.8 * cols, 6.6), layout="constrained")
+    axes = list(grid.flat)
+    for ax in axes[len(panels) + 1:]:
+        ax.set_visible(False)
     ms = [f * cfg.fit_width for f in cfg.factors]
     for ax, (key, title, logy) in zip(axes, panels, strict=False):
         for basis in cfg.bases:
@@ -43,7 +47,7 @@ def sweep_figure(ctx: RunContext, cfg: Any, summary: dict, rows: list[dict]) -> 
         ax.set_xlabel("M (quadrature nodes)")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=7)
-    ax = axes[-1]
+    ax = axes[len(panels)]
     for basis in cfg.bases:
         for factor, style in ((cfg.factors[0], ":"), (cfg.factors[-1], "-")):
             trace = next(r["loss_trace"] for r in rows if r["basis"] == basis and r["factor"] == factor)
