@@ -53,7 +53,7 @@ class IATClassifyConfig:
     epochs: int = 2
     batch_size: int = 128
     lr: float = 1e-3
-    seeds: int = 5
+    seeds: int = 10  # the MLP's IAT-vs-ReLU gap is inside the seed spread at 5
     seed: int = 0
     device: str = "cpu"
 
