@@ -60,3 +60,27 @@ def test_alstm_under_bf16_autocast(implementation):
     assert torch.allclose(out.float(), ref, atol=0.02)
     out2.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+@pytest.mark.parametrize("basis,kernel", [("rectangular", "select"), ("piecewise_linear", "generic"),
+                                          ("fourier", "generic")])
+def test_half_precision_modules_run_on_cpu(dtype, tol, basis, kernel):
+    """A module converted to bf16/fp16 keeps the select kernel (its test is structural) and
+    otherwise takes the generic path with dense operators (the CPU has no half CSR kernels).
+    Tolerance: relative Frobenius error against the float32 module, a few half-precision ulps;
+    5x more for the Fourier basis, whose sums of +-1-sized terms cancel (the dense reference
+    in half precision errs as much)."""
+    tol = tol * (5 if basis == "fourier" else 1)
+    full = IAT(16, basis=basis, implementation="fast")
+    half = IAT(16, basis=basis, implementation="fast").to(dtype)
+    assert half.kernel == kernel
+    z = torch.randn(32, 16, generator=torch.Generator().manual_seed(3))
+    zh = z.to(dtype).requires_grad_()
+    zf = zh.detach().float().requires_grad_()
+    yh, yf = half(zh), full(zf)
+    assert yh.dtype == dtype
+    yh.sum().backward()
+    yf.sum().backward()
+    assert float((yh.float() - yf).norm() / yf.norm()) < tol
+    assert float((zh.grad.float() - zf.grad).norm() / zf.grad.norm()) < tol

@@ -886,9 +886,13 @@ class _RowwiseIAT(torch.autograd.Function):
 
 
 def _as_operator(A: torch.Tensor, max_density: float) -> torch.Tensor:
-    """``A`` as a CSR tensor if at most ``max_density`` of it is non-zero, else dense."""
+    """``A`` as a CSR tensor if at most ``max_density`` of it is non-zero, else dense.
+
+    Half-precision matrices on the CPU stay dense: its CSR kernels have no bf16/fp16.
+    """
     density = float((A != 0).sum()) / max(A.numel(), 1)
-    if density <= max_density:
+    half_on_cpu = A.dtype in (torch.float16, torch.bfloat16) and A.device.type == "cpu"
+    if density <= max_density and not half_on_cpu:
         with warnings.catch_warnings():
             # PyTorch flags sparse CSR as beta; the products used here are stable.
             warnings.simplefilter("ignore", UserWarning)
@@ -950,14 +954,20 @@ class StructuredIAT:
 def _find_kernel(
     P: torch.Tensor, Qw: torch.Tensor, weights: torch.Tensor | None
 ) -> Kernel | None:
-    """Detect a structured kernel in float64, then cast it to P's dtype and device."""
-    if P.dtype not in (torch.float32, torch.float64) or P.numel() == 0:
-        return None  # half precision: the generic path (detection tolerances need fp32+)
-    tol = _tol(P.dtype)
+    """Detect a structured kernel in float64, then cast it to P's dtype and device.
+
+    Half-precision bases only get ``select``: its test is structural (one non-zero per
+    row of P, an exactly diagonal P^T Qw), which rounding does not disturb, while the
+    band and Fourier factorisations cannot be confirmed at half precision.
+    """
+    if P.numel() == 0:
+        return None
+    half = P.dtype not in (torch.float32, torch.float64)
+    tol = _tol(torch.float32 if half else P.dtype)
     P64 = P.detach().to("cpu", torch.float64)
     Q64 = Qw.detach().to("cpu", torch.float64)
     kern = _select_kernel(P64, Q64, tol)
-    if kern is None and weights is not None:
+    if kern is None and weights is not None and not half:
         w64 = weights.detach().to("cpu", torch.float64)
         if w64.shape != (P64.shape[0],):
             raise ValueError(f"weights must have shape ({P64.shape[0]},), got {tuple(w64.shape)}")
