@@ -1040,3 +1040,18 @@ def test_tridiagonal_solver_matches_dense_solve():
     torch.testing.assert_close(y, torch.linalg.solve(S, v), rtol=0, atol=1e-12)
     # not diagonally dominant: refused (the scans would not contract)
     assert Fn._tridiag_solver(lower, 0.1 * diag, upper, threshold=1e-20) is None
+
+
+def test_compile_fullgraph_of_a_generic_kernel_in_auto_mode():
+    """use_fast (which touches the CSR operators) must not run while compiling: the dense
+    form is traced instead (a sparse, auto, generic-kernel layer used to break fullgraph)."""
+    torch._dynamo.reset()
+    m = IAT(128, basis="piecewise_linear", q="fourier", num_points=512, dtype=DT)
+    assert m.kernel == "generic" and m.use_fast and any(m._ops.sparse)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    z, w = randn(4, 128, seed=11), randn(4, 128, seed=12)
+    y_c, g_c = _value_and_grad(compiled, z, w)
+    y_e, g_e = _value_and_grad(m, z, w)
+    torch.testing.assert_close(y_c, y_e, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g_c, g_e, rtol=0, atol=1e-10)
+    torch._dynamo.reset()

@@ -244,3 +244,37 @@ def test_lm_torchrun_two_processes_match_one(tmp_path, shared_data):
         # the training loss is rank 0's share of the batch; validation uses all data
         assert v2 == pytest.approx(v1, rel=1e-4)
         assert t2 == pytest.approx(t1, rel=0.05)
+
+
+# GPU readiness (issue 15): collectives live where the backend needs them
+
+
+def test_collective_device_follows_the_backend(monkeypatch):
+    from unbottleneck.training import distributed
+
+    assert distributed.collective_device() == torch.device("cpu")  # no process group
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: "gloo")
+    assert distributed.collective_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert distributed.collective_device() == torch.device("cuda", 3)  # NCCL rejects CPU tensors
+
+
+def test_interrupt_and_metric_collectives_use_the_collective_device(monkeypatch):
+    from unbottleneck.training import distributed, interrupt
+
+    seen = []
+
+    def fake_all_reduce(t, op=None):
+        seen.append(t.device)
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
+    target = torch.device("cpu")  # stands for the rank's CUDA device; only placement is checked
+    monkeypatch.setattr(distributed, "collective_device", lambda: target)
+    monkeypatch.setattr(interrupt, "collective_device", lambda: target)
+    two = distributed.DistInfo(rank=0, world_size=2)
+    with interrupt.GracefulInterrupt() as gi:
+        gi.check(lambda: None, two)
+    out = distributed.all_reduce_sum(torch.tensor(2.5), two)
+    assert seen == [target, target] and out.dtype == torch.float64 and float(out) == 2.5

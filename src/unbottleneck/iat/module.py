@@ -363,8 +363,9 @@ class IAT(nn.Module):
         if self.check_finite and not torch.isfinite(z).all():
             raise ValueError("IAT input contains NaN or inf values")
         # Sparse CSR tensors do not trace under torch.compile; the dense form does
-        # and inductor fuses it, so compiled graphs use the reference path.
-        if self.use_fast and not torch.compiler.is_compiling():
+        # and inductor fuses it, so compiled graphs use the reference path.  The
+        # compiling check comes first: use_fast touches the (CSR) operators.
+        if not torch.compiler.is_compiling() and self.use_fast:
             return iat_fast(z, self._ops, self.sigma_name, self.sigma)
         return iat_reference(z, self.P, self.Qw, self.sigma)
 

@@ -118,12 +118,24 @@ def shard(indices: torch.Tensor, dist: DistInfo) -> tuple[torch.Tensor, float]:
     return local, dist.world_size * local.shape[0] / max(n, 1)
 
 
+def collective_device() -> torch.device:
+    """Where this rank's collective tensors must live: its CUDA device under NCCL (which
+    rejects CPU tensors), else the CPU (gloo, or no process group)."""
+    if (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_backend() == "nccl"):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(value: torch.Tensor | float, dist: DistInfo) -> torch.Tensor:
-    """Sum a tensor (or number) over ranks; identity in a single process."""
+    """Sum a tensor (or number) over ranks; identity in a single process.  The result is
+    float64 on the input tensor's device (the CPU for a number)."""
+    home = value.device if isinstance(value, torch.Tensor) else torch.device("cpu")
     t = torch.as_tensor(value, dtype=torch.float64).clone()
     if dist.distributed:
+        t = t.to(collective_device())
         torch.distributed.all_reduce(t)
-    return t
+    return t.to(home)
 
 
 def barrier(dist: DistInfo) -> None:

@@ -22,6 +22,8 @@ from types import FrameType
 
 import torch
 
+from .distributed import collective_device
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -106,7 +108,7 @@ class GracefulInterrupt:
         """
         signum = self.signum
         if getattr(dist, "distributed", False):
-            flag = torch.tensor([signum or 0], dtype=torch.int64)
+            flag = torch.tensor([signum or 0], dtype=torch.int64, device=collective_device())
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             signum = int(flag) or None
         if signum is not None:
