@@ -84,3 +84,35 @@ def test_half_precision_modules_run_on_cpu(dtype, tol, basis, kernel):
     yf.sum().backward()
     assert float((yh.float() - yf).norm() / yf.norm()) < tol
     assert float((zh.grad.float() - zf.grad).norm() / zf.grad.norm()) < tol
+
+
+@pytest.mark.parametrize("basis,q", [("piecewise_linear", "dual"), ("fourier", "dual"),
+                                     ("piecewise_linear", "fourier")])  # band, fourier, generic
+def test_custom_functions_keep_their_precision_with_backward_inside_autocast(basis, q):
+    """The kernels' autograd functions run forward and backward with autocast off, so a
+    float32 call inside an autocast region (backward included) equals the float32 call."""
+    from unbottleneck.iat import iat_fast
+
+    m = IAT(128, basis=basis, q=q, implementation="fast")
+    z = torch.randn(16, 128, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    y = iat_fast(z, m._ops)
+    (g,) = torch.autograd.grad(y.square().sum(), z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ac = iat_fast(z, m._ops)
+        (g_ac,) = torch.autograd.grad(y_ac.square().sum(), z)
+    assert y_ac.dtype == torch.float32 and g_ac.dtype == torch.float32
+    torch.testing.assert_close(y_ac, y, rtol=0, atol=0)
+    torch.testing.assert_close(g_ac, g, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_alstm_backward_inside_autocast():
+    m = ALSTM(8, 16, num_layers=2, adapt_size=4)
+    x = torch.randn(5, 3, 8, generator=torch.Generator().manual_seed(2))
+    out, _ = m(x)
+    grads = torch.autograd.grad(out.square().sum(), list(m.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_ac, _ = m(x)
+        grads_ac = torch.autograd.grad(out_ac.float().square().sum(), list(m.parameters()))
+    for g, g_ac in zip(grads, grads_ac, strict=True):
+        assert g_ac.dtype == torch.float32
+        assert float((g_ac - g).norm() / g.norm().clamp(min=1e-12)) < 3e-2

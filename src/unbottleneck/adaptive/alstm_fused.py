@@ -75,6 +75,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._autocast import own_precision
 from .alstm import ALSTMCellState, ALSTMMasks, ALSTMState
 
 _PARAMS_PER_LAYER = 8  # adapt.weight_ih, adapt.weight_hh, adapt.bias_ih, adapt.bias_hh, Pi, W, V, b
@@ -405,6 +406,7 @@ class _ALSTMFunction(torch.autograd.Function):
     """(cfg, x, *state (4L), *params (8L)) -> (out, *final state (4L))."""
 
     @staticmethod
+    @own_precision
     def forward(ctx, cfg: _Config, x: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
         L, K = len(cfg.sizes), cfg.adapt_size
         T, B = x.shape[0], x.shape[1]
@@ -492,6 +494,7 @@ class _ALSTMFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @own_precision
     def backward(ctx, dout: Tensor, *dfinal: Tensor) -> tuple[Tensor | None, ...]:
         cfg, layers = ctx.cfg, ctx.saved.layers
         ctx.saved_tensors  # noqa: B018 -- raises if a parameter was modified in place

@@ -74,6 +74,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .._autocast import own_precision
+
 Nonlinearity = Callable[[torch.Tensor], torch.Tensor]
 
 NONLINEARITIES: dict[str, Nonlinearity] = {
@@ -864,6 +866,7 @@ class _RowwiseIAT(torch.autograd.Function):
     """Band and Fourier kernels: save only the (N, d) input, recompute the state in backward."""
 
     @staticmethod
+    @own_precision
     def forward(ctx, z, kern, sigma_name, sigma):  # type: ignore[override]
         ctx.save_for_backward(z)
         ctx.kern, ctx.sigma_name, ctx.sigma = kern, sigma_name, sigma
@@ -871,6 +874,7 @@ class _RowwiseIAT(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @own_precision
     def backward(ctx, gy):  # type: ignore[override]
         (z,) = ctx.saved_tensors
         backward = _ROWWISE[type(ctx.kern)][1]
@@ -1010,6 +1014,7 @@ class _IATRecompute(torch.autograd.Function):
     """Generic path: IAT whose backward recomputes the state function from the saved input."""
 
     @staticmethod
+    @own_precision
     def forward(ctx, zt, ops, sigma_name, sigma):  # type: ignore[override]
         ctx.save_for_backward(zt)
         ctx.ops = ops
@@ -1019,6 +1024,7 @@ class _IATRecompute(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @own_precision
     def backward(ctx, grad_yt):  # type: ignore[override]
         (zt,) = ctx.saved_tensors
         ops: StructuredIAT = ctx.ops
