@@ -705,3 +705,29 @@ def test_carry_position_walks_through_the_stream_in_capped_epochs():
     carried.cfg.max_batches = rows  # more than what is left
     carried.train_epoch()
     assert carried.pos == 0 and carried.hidden is None
+
+
+@pytest.mark.parametrize("clip", [0.25, 0.0])
+def test_training_step_reads_the_device_once(monkeypatch, clip):
+    """One host sync per training step in the LM code (summed loss, gradient norm and raw loss
+    read together) and no per-forward token-range sync inside the trainer, whose corpus ids
+    are valid.  Counted: tensor reads made from unbottleneck/lm (the BPTT schedule's CPU
+    generator draws and Adam's CPU step counters are no device syncs)."""
+    import sys
+
+    trainer = LMTrainer(tiny_cfg(clip=clip, max_batches=3), toy_corpus())
+    assert trainer.model.check_tokens is False
+    calls = []
+
+    def counting(name, real):
+        def read(self, *args):
+            caller = sys._getframe(1).f_code.co_filename
+            if "unbottleneck/lm/" in caller.replace("\\", "/"):
+                calls.append(name)
+            return real(self, *args)
+        return read
+
+    for name in ("tolist", "item", "__float__", "__bool__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    row = trainer.train_epoch()
+    assert calls == ["tolist"] * 3 and math.isfinite(row["train_loss"])

@@ -278,3 +278,38 @@ def test_interrupt_and_metric_collectives_use_the_collective_device(monkeypatch)
         gi.check(lambda: None, two)
     out = distributed.all_reduce_sum(torch.tensor(2.5), two)
     assert seen == [target, target] and out.dtype == torch.float64 and float(out) == 2.5
+
+
+def test_rank_seeds_differ_and_rank_zero_keeps_the_seed():
+    from unbottleneck.training import distributed
+
+    seeds = {distributed.rank_seed(7, distributed.DistInfo(rank=r, world_size=4)) for r in range(4)}
+    assert len(seeds) == 4 and distributed.rank_seed(7, distributed.DistInfo()) == 7
+
+
+def test_rng_resume_on_a_machine_with_fewer_gpus(monkeypatch):
+    """A checkpoint holding 4 CUDA generator states restores the first N on an N-GPU machine
+    (set_rng_state_all raised on fewer devices)."""
+    from unbottleneck.training import checkpoint
+
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.tensor([i], dtype=torch.uint8) for i in range(4)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((int(s[0]), i)))
+    checkpoint.set_rng_state(state)
+    assert restored == [(0, 0), (1, 1)]
+
+
+def test_ddp_wrap_does_not_rebroadcast_constant_buffers(monkeypatch):
+    from unbottleneck.training import distributed
+
+    seen = {}
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                        lambda model, **kw: seen.update(kw) or model)
+    model = torch.nn.Linear(2, 2)
+    assert distributed.wrap(model, distributed.DistInfo()) is model  # one process: unwrapped
+    distributed.wrap(model, distributed.DistInfo(rank=0, world_size=2))
+    assert seen["broadcast_buffers"] is False
+

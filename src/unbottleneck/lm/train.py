@@ -216,6 +216,11 @@ class LMTrainer:
 
         seed_everything(cfg.seed)
         self.model = build_model(cfg, corpus.vocab_size, device=self.device)
+        self.model.check_tokens = False  # the corpus's ids are in range by construction
+        if self.dist.distributed:
+            # The same initial weights on every rank (DDP also broadcasts rank 0's), then a
+            # rank-specific stream, so the ranks draw different dropout masks.
+            torch.manual_seed(distributed.rank_seed(cfg.seed, self.dist))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.num_parameters = sum(p.numel() for p in self.params)
         self.net = distributed.wrap(self.model, self.dist)
@@ -287,14 +292,15 @@ class LMTrainer:
             for i in starts:
                 x, y = get_batch(data, i, self.cfg.bptt)
                 out = self.model(x, state)
-                total += float(F.cross_entropy(out.logits.reshape(-1, vocab), y.reshape(-1),
-                                               reduction="sum"))
+                # summed on the device: one host sync for the whole evaluation
+                total = total + F.cross_entropy(out.logits.reshape(-1, vocab), y.reshape(-1),
+                                                reduction="sum").double()
                 count += y.numel()
                 state = out.state
                 if pbar is not None:
                     pbar.update(1)
         self.model.train(was_training)
-        return total / count
+        return float(total) / count
 
     def evaluate_current(self, data: torch.Tensor) -> float:
         """Like :meth:`evaluate`, with the averaged weights once NT-ASGD is active."""
@@ -312,21 +318,23 @@ class LMTrainer:
         out = self.net(x, self.hidden)
         raw_loss = F.cross_entropy(out.logits.reshape(-1, self.corpus.vocab_size), y.reshape(-1))
         loss = raw_loss + ar_tar_penalty(out.raw_output, out.output, cfg.alpha, cfg.beta)
-        # every rank must take the same decision, or one would wait forever in backward
-        total = float(distributed.all_reduce_sum(loss.detach(), self.dist))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # every rank runs it, finite or not, so none waits in DDP's all-reduce
+        norm = (torch.nn.utils.clip_grad_norm_(self.params, cfg.clip) if cfg.clip > 0
+                else loss.new_zeros(()))
+        # One host sync per step: the summed loss (every rank takes the same decision), the
+        # gradient norm (already reduced by DDP) and this rank's raw loss, read together.
+        total = distributed.all_reduce_sum(loss.detach(), self.dist).to(loss.device)
+        total, norm, raw = torch.stack([total, norm.double(), raw_loss.detach().double()]).tolist()
         if not math.isfinite(total):
             self._diverged(f"training loss became {total / self.dist.world_size}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip)
-            if not bool(torch.isfinite(norm)):
-                self._diverged(f"gradient norm became {float(norm)}")
+        if not math.isfinite(norm):
+            self._diverged(f"gradient norm became {norm}")
         self.optimizer.step()
         self.average.update()
         self.hidden = out.state
         self.global_step += 1
-        return raw_loss.detach().item()
+        return raw
 
     def _diverged(self, what: str) -> None:
         ckpt = self.checkpoint_path

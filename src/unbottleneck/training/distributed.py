@@ -93,13 +93,23 @@ def device_for(name: str | None, dist: DistInfo) -> torch.device:
     return dev
 
 
-def wrap(model: nn.Module, dist: DistInfo) -> nn.Module:
-    """``DistributedDataParallel(model)`` for multi-process runs, the model itself otherwise."""
+def rank_seed(seed: int, dist: DistInfo) -> int:
+    """A seed per rank (``seed`` itself on rank 0), for what must differ across ranks: dropout."""
+    return seed + 1_000_003 * dist.rank
+
+
+def wrap(model: nn.Module, dist: DistInfo, broadcast_buffers: bool = False) -> nn.Module:
+    """``DistributedDataParallel(model)`` for multi-process runs, the model itself otherwise.
+
+    ``broadcast_buffers`` is off by default: this library's buffers (IAT bases and quadrature
+    weights) are constants built identically on every rank, so re-sending them before every
+    forward is pure traffic; turn it on for models with running statistics (BatchNorm).
+    """
     if not dist.distributed:
         return model
     params = next(model.parameters(), None)
     device_ids = [params.device.index] if params is not None and params.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=broadcast_buffers)
 
 
 def shard(indices: torch.Tensor, dist: DistInfo) -> tuple[torch.Tensor, float]:
