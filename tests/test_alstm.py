@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 import unbottleneck.adaptive.alstm_fused as fused_mod
+from unbottleneck import settings
 from unbottleneck.adaptive import ALSTM, ALSTMCell, ALSTMCellState, ALSTMMasks
 from unbottleneck.adaptive.alstm import _Z0
+from unbottleneck.settings import Settings
 
 F64 = torch.float64
 
@@ -184,9 +186,13 @@ def test_cell_fixed_policy_equals_lstm_cell():
         (2, None, True, False, True),
     ],
 )
-def test_fused_matches_reference(L, out, batch_first, dropout, fix, monkeypatch):
-    if L == 3:  # also cover the sigmoid form of tanh used for large tensors
-        monkeypatch.setattr(fused_mod, "_TANH_VIA_SIGMOID_MIN", 0)
+def test_fused_matches_reference(L, out, batch_first, dropout, fix):
+    # L == 3 also covers the sigmoid form of tanh used for large tensors
+    with settings.override(alstm_tanh_via_sigmoid_min=1 if L == 3 else Settings().alstm_tanh_via_sigmoid_min):
+        _fused_matches_reference(L, out, batch_first, dropout, fix)
+
+
+def _fused_matches_reference(L, out, batch_first, dropout, fix):
     m = make(L=L, out=out, batch_first=batch_first, dropout_hidden=0.3, dropout_adapt=0.4).train()
     B, T = 3, 6
     x = torch.randn((B, T, 5) if batch_first else (T, B, 5), dtype=F64, requires_grad=True)
@@ -212,10 +218,9 @@ def test_fused_float32_matches_float64_reference(monkeypatch):
     m32 = ALSTM(16, 24, 8, 2, output_size=12).train()
     m32.load_state_dict(m64.state_dict())
     masks32 = ALSTMMasks(*(tuple(t.float() for t in e) for e in masks))
-    monkeypatch.setattr(fused_mod, "ONEDNN_MIN_NUMEL", 0)  # pack even these small weights
-    for onednn in (True, False):
-        monkeypatch.setattr(fused_mod, "USE_ONEDNN", onednn)
-        o, _, g = run_grads(m32, "fused", x.float().requires_grad_(), masks=masks32)
+    for onednn in (True, False):  # min_numel 1: pack even these small weights
+        with settings.override(alstm_onednn_min_numel=1, alstm_use_onednn=onednn):
+            o, _, g = run_grads(m32, "fused", x.float().requires_grad_(), masks=masks32)
         torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-5)
         for a, b in zip(g, g_ref, strict=True):
             scale = b.abs().max().clamp_min(1e-6)
@@ -333,8 +338,8 @@ def test_buffer_pool_lifecycle(fresh_pool, monkeypatch):
     assert any(b.numel() == 10 for b in fresh_pool.free_blocks())
     fused_mod.clear_buffer_cache()
     assert fresh_pool.free_blocks() == [] and fresh_pool.cached_bytes() == 0
-    monkeypatch.setattr(fused_mod, "CACHE_BUFFERS", False)
-    m(x)[0].sum().backward()
+    with settings.override(alstm_cache_buffers=False):
+        m(x)[0].sum().backward()
     assert fresh_pool.free_blocks() == []
     # .grad accumulation of the (transposed-view) weight gradients
     m.zero_grad()

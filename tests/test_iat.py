@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
-from unbottleneck import IAT, IATReLU
+from unbottleneck import IAT, IATReLU, settings
 from unbottleneck.iat import (
     BASES,
     NONLINEARITIES,
@@ -33,7 +33,12 @@ from unbottleneck.iat import (
 from unbottleneck.iat import functional as Fn
 from unbottleneck.iat.basis import piecewise_linear
 from unbottleneck.iat.functional import resolve_nonlinearity
-from unbottleneck.iat.module import AUTO_FAST_MIN_SIZE, AUTO_FFT_MIN_SIZE, AUTO_SELECT_MIN_SIZE
+from unbottleneck.settings import Settings
+
+AUTO_FAST_MIN_SIZE = Settings().iat_auto_fast_min_size
+AUTO_FFT_MIN_SIZE = Settings().iat_auto_fft_min_size
+AUTO_SELECT_MIN_SIZE = Settings().iat_auto_select_min_size
+BAND_MAX_SLOTS = Settings().iat_band_max_slots
 
 DT = torch.float64
 Q_MODES = ("dual", "same", "normalized")
@@ -803,10 +808,10 @@ KERNEL_OF = {  # (basis, q, quadrature) -> the kernel iat_fast must pick
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
+def small_chunks():
     """Chunks of a few rows, so every chunk boundary of the kernels is exercised."""
-    monkeypatch.setattr(Fn, "CHUNK_ELEMENTS", 40)
-    monkeypatch.setattr(Fn, "BAND_CHUNK_ELEMENTS", 40)
+    with settings.override(iat_chunk_elements=40, iat_band_chunk_elements=40):
+        yield
 
 
 @pytest.mark.parametrize("nonlinearity", ["relu", "leaky_relu", "softplus"])
@@ -929,9 +934,9 @@ def test_band_kernel_folds_scales_only_when_exact():
 
 def test_band_kernel_gives_way_to_generic_beyond_max_slots():
     d = 8  # J = 7 intervals
-    at_limit = make(d, basis="piecewise_linear", num_points=7 * Fn.BAND_MAX_SLOTS,
+    at_limit = make(d, basis="piecewise_linear", num_points=7 * BAND_MAX_SLOTS,
                     implementation="fast")
-    beyond = make(d, basis="piecewise_linear", num_points=7 * (Fn.BAND_MAX_SLOTS + 1),
+    beyond = make(d, basis="piecewise_linear", num_points=7 * (BAND_MAX_SLOTS + 1),
                   implementation="fast")
     assert at_limit.kernel == "band" and beyond.kernel == "generic"
     z = randn(4, d, seed=33)

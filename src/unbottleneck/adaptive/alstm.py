@@ -35,7 +35,7 @@ Two implementations of the same map (``implementation=``):
   ``policy`` submodules only fire on the reference path.  On CPU it recycles its
   large per-call buffers (activations saved for backward, backward scratch) between
   calls instead of re-allocating them; ``alstm_fused.clear_buffer_cache()`` releases
-  them and ``alstm_fused.CACHE_BUFFERS = False`` turns recycling off.
+  them and ``settings.set_settings(alstm_cache_buffers=False)`` turns recycling off.
 
 Initialisation (see :meth:`ALSTMCell.reset_parameters`, options
 ``weight_init=`` and ``policy_init=``):

@@ -19,7 +19,7 @@ order.  What makes it faster than autograd through the per-step graph
   input gradient in the backward;
 * every per-step (B, k) x (k, m) product -- forward AND backward -- uses weights
   pre-packed once per call for oneDNN (float32 CPU weights of at least
-  ``ONEDNN_MIN_NUMEL`` elements, where torch ships the ops); with 20 rows per
+  ``settings.alstm_onednn_min_numel`` elements, where torch ships the ops); with 20 rows per
   product ``torch.mm`` (MKL) re-packs the weight on every call.  For the backward's
   transposed products packing costs a transposing copy and a reorder per call,
   which the loop repays (PTB sizes, 1 thread: 0.96 s of products + 0.08 s of
@@ -34,7 +34,7 @@ order.  What makes it faster than autograd through the per-step graph
   does about 20 small ops per layer and step;
 * no page faults in steady state: the large buffers of a call (the activations
   saved for backward, the backward's scratch) are carved from one flat block per
-  call, and blocks are recycled between calls by a small pool (:data:`CACHE_BUFFERS`,
+  call, and blocks are recycled between calls by a small pool (``settings.alstm_cache_buffers``,
   :func:`clear_buffer_cache`).  Fresh multi-hundred-MB allocations are returned to
   the OS on free, and touching them again costs a page fault per 4 KiB page: with
   fresh buffers a training call at the PTB sizes took 0.9-1.6e5 minor faults, about
@@ -75,20 +75,16 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .. import settings
 from .._autocast import own_precision
 from .alstm import ALSTMCellState, ALSTMMasks, ALSTMState
 
 _PARAMS_PER_LAYER = 8  # adapt.weight_ih, adapt.weight_hh, adapt.bias_ih, adapt.bias_hh, Pi, W, V, b
 
-#: Use oneDNN pre-packed weights for the per-step products where possible (switch for
-#: tests and benchmarks), for weights of at least ONEDNN_MIN_NUMEL elements (packing
-#: and dispatch cost more than they save on small matrices).
-USE_ONEDNN = True
-ONEDNN_MIN_NUMEL = 1 << 16
+# oneDNN packing, buffer recycling and the sigmoid-tanh threshold are knobs of
+# :mod:`unbottleneck.settings` (alstm_use_onednn, alstm_onednn_min_numel,
+# alstm_cache_buffers, alstm_tanh_via_sigmoid_min).
 _onednn_ok: bool | None = None
-
-#: Recycle the large per-call buffers between calls (CPU only; see the module doc).
-CACHE_BUFFERS = True
 
 
 def _onednn_available() -> bool:
@@ -137,7 +133,7 @@ class _BufferPool:
         del self._free[:-self.max_buffers]
 
     def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        if CACHE_BUFFERS and device.type == "cpu":
+        if settings.get().alstm_cache_buffers and device.type == "cpu":
             with self._lock:
                 self._drain()
                 best = -1
@@ -150,7 +146,7 @@ class _BufferPool:
         return torch.empty(numel, dtype=dtype, device=device)
 
     def give(self, block: Tensor) -> None:
-        if CACHE_BUFFERS and block.device.type == "cpu":
+        if settings.get().alstm_cache_buffers and block.device.type == "cpu":
             self._returned.append(block)  # atomic; see the class doc
 
     def free_blocks(self) -> list[Tensor]:
@@ -172,7 +168,7 @@ _POOL = _BufferPool()
 
 
 def clear_buffer_cache() -> None:
-    """Drop the recycled buffers of the fused aLSTM (see :data:`CACHE_BUFFERS`)."""
+    """Drop the recycled buffers of the fused aLSTM (see ``settings.alstm_cache_buffers``)."""
     _POOL.clear()
 
 
@@ -206,7 +202,8 @@ class _Gemm:
         self.w_t = w.t()
         self.bias = bias
         self.packed = None
-        if (USE_ONEDNN and w.numel() >= ONEDNN_MIN_NUMEL and w.device.type == "cpu"
+        knobs = settings.get()
+        if (knobs.alstm_use_onednn and w.numel() >= knobs.alstm_onednn_min_numel and w.device.type == "cpu"
                 and w.dtype == torch.float32 and _onednn_available()):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch)
 
@@ -230,9 +227,6 @@ class _Gemm:
         return torch.mm(a, self.w_t).sigmoid_()
 
 
-# Below this many elements one torch.tanh call is cheaper than the three calls of the
-# sigmoid form (per-call overhead dominates).
-_TANH_VIA_SIGMOID_MIN = 8192
 
 # 0-dim: ``torch.add(_MINUS_ONE, s, alpha=2.0)`` is ``2 s - 1`` in one pass (a 0-dim
 # tensor does not change the result dtype).
@@ -241,7 +235,7 @@ _MINUS_ONE = torch.tensor(-1.0, dtype=torch.float64)
 
 def _tanh_into(src: Tensor, out: Tensor) -> Tensor:
     """``out = tanh(src)``, as ``2 sigmoid(2 src) - 1`` for large tensors."""
-    if src.numel() < _TANH_VIA_SIGMOID_MIN:
+    if src.numel() < settings.get().alstm_tanh_via_sigmoid_min:
         return torch.tanh(src, out=out)
     torch.mul(src, 2.0, out=out).sigmoid_()
     return torch.add(_MINUS_ONE, out, alpha=2.0, out=out)

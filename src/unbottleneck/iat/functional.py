@@ -25,7 +25,7 @@ against the dense products on random probes before it is accepted):
     transposes, gathers or scatters: about 5R passes over (N, d - 1) arrays,
     O(N M) work instead of O(N M d).  The few nodes beyond R per interval (many
     for Gauss-Legendre) are extra one-slot rows handled with ``index_select`` and
-    ``index_add_``.  Beyond ``BAND_MAX_SLOTS`` slots (M > 32 d) the generic path
+    ``index_add_``.  Beyond ``settings.iat_band_max_slots`` slots (M > 32 d) the generic path
     is faster and is used.
 ``fourier``
     the Fourier basis at midpoint nodes: ``P z`` is a sine/cosine series on a
@@ -48,7 +48,7 @@ state there (for ReLU the backward needs just the sign pattern, but a saved mask
 would take M bytes per sample against 4d for ``z`` in float32: no saving at
 M = 4d, and recomputing costs one batched product), so a training step stores
 O(N d) instead of O(N M) numbers per layer.  The M-wide intermediates are
-processed in chunks of rows (``CHUNK_ELEMENTS``, ``BAND_CHUNK_ELEMENTS``), so the
+processed in chunks of rows (``settings.iat_chunk_elements`` and ``iat_band_chunk_elements``), so the
 transient memory is a few chunk buffers rather than (N, M) tensors.  ReLU and leaky ReLU
 use hand-written derivatives (the fused ``threshold_backward``); any other
 nonlinearity is differentiated by autograd on the recomputed chunk.
@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .. import settings
 from .._autocast import own_precision
 
 Nonlinearity = Callable[[torch.Tensor], torch.Tensor]
@@ -89,16 +90,8 @@ NONLINEARITIES: dict[str, Nonlinearity] = {
 }
 # sigma(c x) = c sigma(x) for c > 0: the select kernel may pull positive values of P out.
 _HOMOGENEOUS = ("relu", "leaky_relu")
-# Elements per chunk of the M-wide intermediates (1 MiB of float32, about one L2 cache):
-# smaller chunks pay more per-op overhead, larger ones more transient memory.
-CHUNK_ELEMENTS = 1 << 18
-# Elements of the band kernel's (rows, V) work buffers per chunk, all together (2 MiB
-# of float32): its ops are cheap enough that the per-op cost of small chunks shows
-# (measured at d = 512, batch 1024: 128-row chunks ~1.6x slower than 512 and more).
-BAND_CHUNK_ELEMENTS = 1 << 19
-# The band kernel loops over the R = M // (d - 1) node slots of an interval (R element-
-# wise passes per step); beyond this many (M > 32 d) the generic path is used instead.
-BAND_MAX_SLOTS = 32
+
+
 def resolve_nonlinearity(nonlinearity: str | Nonlinearity) -> tuple[str, Nonlinearity]:
     """Name and function of an element-wise nonlinearity (callables allowed)."""
     if callable(nonlinearity):
@@ -178,8 +171,8 @@ def _apply_sigma(sigma_name: str, sigma: Nonlinearity, f: torch.Tensor) -> torch
 
 def _chunk(total: int, per_item: int, budget: int | None = None) -> int:
     """How many of ``total`` items (``per_item`` elements each) one chunk of ``budget``
-    elements (default ``CHUNK_ELEMENTS``) takes."""
-    budget = CHUNK_ELEMENTS if budget is None else budget
+    elements (default ``settings.iat_chunk_elements``) takes."""
+    budget = settings.get().iat_chunk_elements if budget is None else budget
     return max(1, min(total, budget // max(per_item, 1)))
 
 
@@ -628,7 +621,7 @@ def _band_kernel(
     # for uniform rules but a few); each node beyond is an extra row of one slot (so
     # no padding: an interval holds at most R + 1 nodes for uniform rules).
     R = M // J
-    if R > BAND_MAX_SLOTS:
+    if R > settings.get().iat_band_max_slots:
         return None  # the slot loops would cost more than the generic products
 
     def part(rows: torch.Tensor, row_of: torch.Tensor, slot: torch.Tensor, sel: torch.Tensor,
@@ -670,9 +663,9 @@ def _band_kernel(
 
 def _band_buffers(part: _BandPart, z: torch.Tensor, count: int) -> tuple[int, list, torch.Tensor | None]:
     """Rows per chunk, ``count`` (rows, V) work buffers, and the scratch of extra rows;
-    all of them together hold about ``BAND_CHUNK_ELEMENTS``."""
+    all of them together hold about ``settings.iat_band_chunk_elements``."""
     V = part.A.shape[2]
-    step = _chunk(z.shape[0], (count + (not part.identity)) * V, BAND_CHUNK_ELEMENTS)
+    step = _chunk(z.shape[0], (count + (not part.identity)) * V, settings.get().iat_band_chunk_elements)
     bufs = [z.new_empty(step, V) for _ in range(count)]
     return step, bufs, None if part.identity else z.new_empty(step, V)
 
@@ -700,7 +693,7 @@ def _band_forward(
                 coef = part.qf[r] if folded else part.q[r]
                 part.accumulate(r, _apply_sigma(sigma_name, sigma, f), coef, y[i0 : i0 + step], s)
     if kern.out.kind != "identity":
-        step = _chunk(n, kern.d, BAND_CHUNK_ELEMENTS)
+        step = _chunk(n, kern.d, settings.get().iat_band_chunk_elements)
         for i0 in range(0, n, step):
             kern.out.forward(y[i0 : i0 + step])
     return y

@@ -14,13 +14,13 @@ Dispatch (``implementation=``):
   ===========  ======================================  ===================================
   kernel       bases                                   taken by "auto" when
   ===========  ======================================  ===================================
-  ``select``   rectangular (q dual/same/normalized,    ``d * M >= AUTO_SELECT_MIN_SIZE``
+  ``select``   rectangular (q dual/same/normalized,    ``d * M >= iat_auto_select_min_size``
                or an output family)                    (4096)
-  ``band``     piecewise_linear, q dual/same/          ``d * M >= AUTO_FAST_MIN_SIZE``
+  ``band``     piecewise_linear, q dual/same/          ``d * M >= iat_auto_fast_min_size``
                normalized, any quadrature              (65536)
-  ``fourier``  fourier at midpoint nodes, q dual/      ``d * M >= AUTO_FFT_MIN_SIZE``
+  ``fourier``  fourier at midpoint nodes, q dual/      ``d * M >= iat_auto_fft_min_size``
                same/normalized                         (262144)
-  ``generic``  anything else with a sparse P or Qw     ``d * M >= AUTO_FAST_MIN_SIZE``
+  ``generic``  anything else with a sparse P or Qw     ``d * M >= iat_auto_fast_min_size``
   (none)       dense bases without structure           never: the recomputation costs an
                                                        extra dense matmul
   ===========  ======================================  ===================================
@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import settings
 from .basis import BasisSpec, basis_name, canonical_basis, evaluate_basis
 from .functional import (
     Nonlinearity,
@@ -50,10 +51,6 @@ from .quadrature import canonical_quadrature, quadrature_rule
 
 Q_MODES = ("dual", "same", "normalized")
 IMPLEMENTATIONS = ("auto", "fast", "reference")
-# d * M from which "auto" takes the fast path (see the module docstring and IAT.use_fast).
-AUTO_FAST_MIN_SIZE = 65536  # band and generic kernels
-AUTO_FFT_MIN_SIZE = 4 * 65536  # fourier kernel
-AUTO_SELECT_MIN_SIZE = 4096  # select kernel
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -303,8 +300,8 @@ class IAT(nn.Module):
         """Whether forward takes the fast (structured, recomputing) path.
 
         ``"auto"`` takes it when ``in_features * num_points`` reaches the
-        threshold of the kernel the bases allow (``AUTO_SELECT_MIN_SIZE``,
-        ``AUTO_FAST_MIN_SIZE`` or ``AUTO_FFT_MIN_SIZE``, see the module docstring);
+        threshold of the kernel the bases allow (``iat_auto_select_min_size``,
+        ``iat_auto_fast_min_size`` or ``iat_auto_fft_min_size`` in :mod:`unbottleneck.settings`);
         below that (measured crossovers on a 2-core CPU) one or two dense BLAS
         calls win.  Dense bases without structure keep the reference path: there
         the recomputation costs an extra matmul, and ``"fast"`` opts into the
@@ -317,14 +314,14 @@ class IAT(nn.Module):
         if self._ops is None:
             return False
         size = self.in_features * self.num_points
-        kernel = self.kernel
+        kernel, knobs = self.kernel, settings.get()
         if kernel == "fourier":
-            return size >= AUTO_FFT_MIN_SIZE
+            return size >= knobs.iat_auto_fft_min_size
         if kernel == "select":
-            return size >= AUTO_SELECT_MIN_SIZE
+            return size >= knobs.iat_auto_select_min_size
         if kernel == "band":
-            return size >= AUTO_FAST_MIN_SIZE
-        return size >= AUTO_FAST_MIN_SIZE and any(self._ops.sparse)
+            return size >= knobs.iat_auto_fast_min_size
+        return size >= knobs.iat_auto_fast_min_size and any(self._ops.sparse)
 
     # -- forward ----------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> torch.Tensor:
