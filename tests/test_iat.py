@@ -30,9 +30,9 @@ from unbottleneck.iat import (
     iat_reference,
     quadrature_rule,
 )
-from unbottleneck.iat import functional as Fn
 from unbottleneck.iat.basis import piecewise_linear
 from unbottleneck.iat.functional import resolve_nonlinearity
+from unbottleneck.iat.kernels import tridiag
 from unbottleneck.settings import Settings
 
 AUTO_FAST_MIN_SIZE = Settings().iat_auto_fast_min_size
@@ -1028,7 +1028,7 @@ def _recurrence(b: torch.Tensor, c: torch.Tensor, reverse: bool) -> torch.Tensor
 def test_log_depth_scan_is_the_recurrence(n, reverse):
     c = 0.9 * torch.rand(n, generator=gen(n), dtype=DT) * torch.sign(randn(n, seed=n))
     b = randn(n, 3, seed=n + 1)
-    scan = Fn._Scan.build(c, reverse, threshold=1e-20)
+    scan = tridiag._Scan.build(c, reverse, threshold=1e-20)
     out = scan.apply(b, torch.empty_like(b), torch.empty_like(b))
     torch.testing.assert_close(out, _recurrence(b, c[:, None], reverse), rtol=0, atol=1e-12)
     assert len(scan.shifts) <= max(1, math.ceil(math.log2(max(n, 1)))) + 1
@@ -1039,12 +1039,12 @@ def test_tridiagonal_solver_matches_dense_solve():
     lower, upper = randn(n - 1, seed=1), randn(n - 1, seed=2)
     diag = 4.0 + randn(n, seed=3).abs()
     S = torch.diag(diag) + torch.diag(lower, -1) + torch.diag(upper, 1)
-    solver = Fn._tridiag_solver(lower, diag, upper, threshold=1e-20)
+    solver = tridiag._tridiag_solver(lower, diag, upper, threshold=1e-20)
     v = randn(n, 5, seed=4)
     y = solver.apply(v.clone(), torch.empty_like(v), torch.empty_like(v))
     torch.testing.assert_close(y, torch.linalg.solve(S, v), rtol=0, atol=1e-12)
     # not diagonally dominant: refused (the scans would not contract)
-    assert Fn._tridiag_solver(lower, 0.1 * diag, upper, threshold=1e-20) is None
+    assert tridiag._tridiag_solver(lower, 0.1 * diag, upper, threshold=1e-20) is None
 
 
 def test_compile_fullgraph_of_a_generic_kernel_in_auto_mode():
