@@ -396,6 +396,49 @@ def alstm_fused(
     return out, new_state
 
 
+@dataclass
+class _Scratch:
+    """The backward's scratch buffers, carved from one pooled block, by name.
+
+    Per layer (``per_layer[j]``): ``da`` the adaptation pre-activation grads, ``dg`` the
+    gate grads times [pi_u ; pi_v ; pi_b] (just the gate grads when the policy is fixed),
+    ``dq`` the policy pre-activation grads, ``g``/``dtc`` and ``ga``/``dtca`` the main and
+    adaptation cells' factors.  Shared: ``dxs0`` layer 0's d(pi_x * x) (its input grad is
+    deferred), and per layer the per-step temporaries ``sq`` (pi^2) and ``dpre``.
+    """
+
+    per_layer: list[dict[str, Tensor]]
+    dxs0: Tensor
+    sq: list[Tensor]
+    dpre: list[Tensor]
+
+    @staticmethod
+    def layout(layers: list, T: int, B: int, K: int, fix: bool) -> list[tuple[str, int, tuple[int, ...]]]:
+        """(name, layer, shape) of every buffer, in carving order."""
+        out = []
+        for j, ly in enumerate(layers):
+            out += [("da", j, (T, B, 4 * K)), ("dg", j, (T, B, 1 if fix else 3, 4 * ly.H)),
+                    ("dq", j, (T, B, 1 if fix else ly.Pn)), ("g", j, (T, B, 4 * ly.H)),
+                    ("dtc", j, (T, B, ly.H)), ("ga", j, (T, B, 4 * K)), ("dtca", j, (T, B, K))]
+        out.append(("dxs0", 0, (T, B, layers[0].n)))
+        out += [("sq", j, (B, ly.Pn)) for j, ly in enumerate(layers)]
+        out += [("dpre", j, (B, 4 * ly.H)) for j, ly in enumerate(layers)]
+        return out
+
+    @classmethod
+    def bind(cls, layout: list[tuple[str, int, tuple[int, ...]]], views: list[Tensor]) -> _Scratch:
+        L = 1 + max(j for _, j, _ in layout)
+        per_layer: list[dict[str, Tensor]] = [{} for _ in range(L)]
+        shared: dict[str, dict[int, Tensor]] = {"dxs0": {}, "sq": {}, "dpre": {}}
+        for (name, j, _), view in zip(layout, views, strict=True):
+            if name in shared:
+                shared[name][j] = view
+            else:
+                per_layer[j][name] = view
+        return cls(per_layer, shared["dxs0"][0], [shared["sq"][j] for j in range(L)],
+                   [shared["dpre"][j] for j in range(L)])
+
+
 class _ALSTMFunction(torch.autograd.Function):
     """(cfg, x, *state (4L), *params (8L)) -> (out, *final state (4L))."""
 
@@ -497,29 +540,20 @@ class _ALSTMFunction(torch.autograd.Function):
         opts = {"device": dout.device, "dtype": dout.dtype}
 
         # scratch (nothing returned is a view of it; ctx.saved stays intact, so backward
-        # may run again with retain_graph=True): per layer DA (adaptation pre-activation
-        # grads), DG (gate grads times [pi_u ; pi_v ; pi_b]; just the gate grads if fix),
-        # DQ (policy pre-activation grads), the cell factors; then layer 0's
-        # d(pi_x * x) and per-step temporaries
-        shapes: list[tuple[int, ...]] = []
-        for ly in layers:
-            shapes += [(T, B, 4 * K), (T, B, 1 if fix else 3, 4 * ly.H),
-                       (T, B, 1 if fix else ly.Pn), (T, B, 4 * ly.H), (T, B, ly.H),
-                       (T, B, 4 * K), (T, B, K)]
-        shapes += [(T, B, layers[0].n)] + [(B, ly.Pn) for ly in layers]
-        shapes += [(B, 4 * ly.H) for ly in layers]
-        block, views = _carve(shapes, opts)
+        # may run again with retain_graph=True); see _Scratch for what each buffer holds
+        layout = _Scratch.layout(layers, T, B, K, fix)
+        block, views = _carve([shape for *_, shape in layout], opts)
         try:
-            return _backward(ctx, views, dout, dfinal)
+            return _backward(ctx, _Scratch.bind(layout, views), dout, dfinal)
         finally:
             del views
             _POOL.give(block)
 
 
-def _backward(ctx, views: list[Tensor], dout: Tensor,
+def _backward(ctx, scratch: _Scratch, dout: Tensor,
               dfinal: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
     """Body of :meth:`_ALSTMFunction.backward` (split out so the scratch is always
-    returned); ``views`` is the scratch carved there, in its order."""
+    returned to the pool)."""
     cfg, layers = ctx.cfg, ctx.saved.layers
     L, K, fix = len(layers), cfg.adapt_size, cfg.fix_policy
     T, B = ctx.shape
@@ -527,17 +561,13 @@ def _backward(ctx, views: list[Tensor], dout: Tensor,
     mh, mz = cfg.masks.h, cfg.masks.z
     n0 = layers[0].n
     DA, DG, DQ, cell_g, adapt_g = [], [], [], [], []
-    for j, ly in enumerate(layers):
-        da, dg, dq, g, dtc, ga, dtca = views[7 * j:7 * j + 7]
-        DA.append(da)
-        DG.append(dg)
-        DQ.append(dq)
-        cell_g.append(_CellGrad(ly.GACT, ly.C[:T], ly.TC, ly.H, g, dtc))
-        adapt_g.append(_CellGrad(ly.AACT, ly.ZC[:T], ly.TZC, K, ga, dtca))
-    rest = views[7 * L:]
-    dxs0 = rest[0]  # layer 0's d(pi_x * x); its input grad is deferred
-    sq = rest[1:1 + L]  # per-step pi^2
-    dpre_buf = rest[1 + L:1 + 2 * L]
+    for ly, buf in zip(layers, scratch.per_layer, strict=True):
+        DA.append(buf["da"])
+        DG.append(buf["dg"])
+        DQ.append(buf["dq"])
+        cell_g.append(_CellGrad(ly.GACT, ly.C[:T], ly.TC, ly.H, buf["g"], buf["dtc"]))
+        adapt_g.append(_CellGrad(ly.AACT, ly.ZC[:T], ly.TZC, K, buf["ga"], buf["dtca"]))
+    dxs0, sq, dpre_buf = scratch.dxs0, scratch.sq, scratch.dpre
 
     dH = [dfinal[4 * j].clone() for j in range(L)]
     dC = [dfinal[4 * j + 1].clone() for j in range(L)]
