@@ -73,6 +73,7 @@ import torch.nn.functional as F
 
 from .._autocast import own_precision
 from .kernels.band import _band_backward, _band_forward, _band_kernel, _BandKernel
+from .kernels.band_fused import band_fused
 from .kernels.common import Nonlinearity, _tol
 from .kernels.fourier import _fourier_backward, _fourier_forward, _fourier_kernel, _FourierKernel
 from .kernels.generic import _as_operator, _forward_t, _IATRecompute
@@ -265,7 +266,8 @@ def build_structure(
 
 
 def iat_fast(
-    z: torch.Tensor, ops: StructuredIAT, sigma_name: str = "relu", sigma: Nonlinearity = torch.relu
+    z: torch.Tensor, ops: StructuredIAT, sigma_name: str = "relu", sigma: Nonlinearity = torch.relu,
+    fused: bool = False,
 ) -> torch.Tensor:
     """Structured, memory-saving discretised IAT; same values as :func:`iat_reference`.
 
@@ -279,6 +281,8 @@ def iat_fast(
         sigma_name: name from :func:`resolve_nonlinearity` (selects hand-written
             derivatives; other names use autograd on ``sigma``).
         sigma: the element-wise nonlinearity.
+        fused: run the band kernel through ``torch.compile`` (:mod:`.kernels.band_fused`);
+            other kernels, and machines where compiling fails, use the eager kernels.
 
     Returns:
         (..., m)
@@ -291,6 +295,10 @@ def iat_fast(
         return _select_forward(z, kern, sigma)
     if type(kern) in _ROWWISE and z.numel() > 0:  # batch-major
         z2 = z.reshape(-1, d).contiguous()
+        if fused and isinstance(kern, _BandKernel):
+            y = band_fused(z2, kern, sigma_name, sigma)
+            if y is not None:
+                return y.reshape(*lead, m)
         fn = _RowwiseIAT.apply if grad else _ROWWISE[type(kern)][0]
         return fn(z2, kern, sigma_name, sigma).reshape(*lead, m)
     zt = z.reshape(-1, d).t().contiguous()  # (d, N): the generic path is feature-major

@@ -47,10 +47,12 @@ from .functional import (
     iat_reference,
     resolve_nonlinearity,
 )
+from .kernels.band import _BandKernel
+from .kernels.band_fused import band_expression
 from .quadrature import canonical_quadrature, quadrature_rule
 
 Q_MODES = ("dual", "same", "normalized")
-IMPLEMENTATIONS = ("auto", "fast", "reference")
+IMPLEMENTATIONS = ("auto", "fast", "fused", "reference")
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -222,8 +224,9 @@ class IAT(nn.Module):
             raise ValueError(
                 f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}"
             )
-        if implementation == "fast" and trainable:
-            raise ValueError("implementation='fast' treats the bases as constants; use trainable=False")
+        if implementation in ("fast", "fused") and trainable:
+            raise ValueError(f"implementation={implementation!r} treats the bases as constants; "
+                             "use trainable=False")
         self.basis = canonical_basis(basis)
         self.quadrature = canonical_quadrature(quadrature)
         self.q_mode = q if isinstance(q, str) and q.lower() in Q_MODES else _output_basis(q)
@@ -266,10 +269,18 @@ class IAT(nn.Module):
         Called automatically after ``.to()``/``.double()``/``load_state_dict``; call it
         yourself only after editing ``P`` or ``Qw`` in place.
         """
+        self._traced_output = None
         if self.trainable or self.implementation == "reference" or self.P.is_meta:
             self._ops = None  # meta tensors: built once to_empty / load_state_dict give real ones
         else:
             self._ops = build_structure(self.P.detach(), self.Qw.detach(), weights=self.weights)
+            kern = self._ops.kernel_for(self.sigma_name)
+            if isinstance(kern, _BandKernel) and kern.out.kind != "identity":
+                # The output map as a dense (d, d) matrix for compiled graphs: the rows of
+                # K^T applied to the identity, y = v @ R (one matmul inductor can trace).
+                eye = torch.eye(kern.d, dtype=self.P.dtype, device=self.P.device)
+                kern.out.forward(eye)
+                self._traced_output = eye
 
     def __getstate__(self):  # type: ignore[override]
         # The operators may hold sparse CSR tensors, which copy.deepcopy cannot copy;
@@ -285,9 +296,26 @@ class IAT(nn.Module):
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # .to(), .cuda(), .double() ... replace the buffers; the gathers must follow.
+        before = self.P.dtype
         out = super()._apply(fn, recurse)
+        if self.P.dtype.itemsize > before.itemsize and not self.trainable and not self.P.is_meta:
+            self._restore_exact_bases(before)
         self.refresh()
         return out
+
+    @torch.no_grad()
+    def _restore_exact_bases(self, before: torch.dtype) -> None:
+        """After a cast to a wider dtype (float32 -> float64) the bases carry float32's
+        rounding, which the exact structure tests reject (the layer would silently lose
+        its kernel); rebuild them from the float64 discretisation unless they were edited."""
+        mats = discretize(self.in_features, self.out_features, self.basis, self.num_points,
+                          self.quadrature, self.zero_mean, self.q_mode)
+        names = {"P": "P", "Qw": "Qw", "nodes": "nodes", "weights": "weights"}
+        current = {k: getattr(self, k) for k in names}
+        exact = {k: mats[v].to(device=current[k].device) for k, v in names.items()}
+        if all(torch.equal(exact[k].to(before).to(current[k].dtype), current[k]) for k in names):
+            for k in names:
+                current[k].copy_(exact[k])
 
     @property
     def kernel(self) -> str | None:
@@ -309,7 +337,7 @@ class IAT(nn.Module):
         """
         if self.implementation == "reference" or self.trainable:
             return False
-        if self.implementation == "fast":
+        if self.implementation in ("fast", "fused"):
             return True
         if self._ops is None:
             return False
@@ -362,8 +390,24 @@ class IAT(nn.Module):
         # Sparse CSR tensors do not trace under torch.compile; the dense form does
         # and inductor fuses it, so compiled graphs use the reference path.  The
         # compiling check comes first: use_fast touches the (CSR) operators.
-        if not torch.compiler.is_compiling() and self.use_fast:
-            return iat_fast(z, self._ops, self.sigma_name, self.sigma)
+        if torch.compiler.is_compiling():
+            return self._traced(z)
+        if self.use_fast:
+            return iat_fast(z, self._ops, self.sigma_name, self.sigma, fused=self.implementation == "fused")
+        return iat_reference(z, self.P, self.Qw, self.sigma)
+
+    def _traced(self, z: torch.Tensor) -> torch.Tensor:
+        """What an enclosing ``torch.compile`` traces: for the hats (band kernel) their
+        element-wise expression, which inductor fuses (O(N M) instead of the dense form's
+        two O(N M d) products), followed for the dual by its output map as one (d, d)
+        matmul; the dense form otherwise."""
+        kern = None if self._ops is None or self.trainable else self._ops.kernel_for(self.sigma_name)
+        if isinstance(kern, _BandKernel) and self.use_fast and z.numel():
+            lead = z.shape[:-1]
+            y = band_expression(z.reshape(-1, self.in_features), kern, self.sigma)
+            if self._traced_output is not None:  # the dual's output map, as one matmul
+                y = y @ self._traced_output
+            return y.reshape(*lead, -1)
         return iat_reference(z, self.P, self.Qw, self.sigma)
 
     def reference(self, z: torch.Tensor) -> torch.Tensor:
