@@ -145,9 +145,11 @@ def test_format_markdown_spreads():
 def test_bench_quick_cli_writes_json_and_markdown(tmp_path, capsys):
     out = tmp_path / "bench"
     rc = main(["bench", "--quick", "--out", str(out), "--threads", "1", "--no-progress",
-               "--repeats", "1"])
+               "--repeats", "1", "--device", "cpu"])
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
+    assert doc["device"] == "cpu"
+    assert all("device cpu" in " ".join(b["notes"]) for b in doc["benchmarks"])
     names = [b["name"] for b in doc["benchmarks"]]
     assert {"iat", "adaptive_linear", "gdnn"} <= set(names)
     assert ("alstm" in names) or any(s.startswith("alstm: skipped") for s in doc["skipped"])
@@ -173,6 +175,8 @@ def test_bench_quick_cli_writes_json_and_markdown(tmp_path, capsys):
     (["bench", "--only", "nope"], "unknown benchmark"),
     (["bench", "--repeats", "0"], "--repeats"),
     (["bench", "--threads", "0"], "--threads"),
+    (["bench", "--device", "tpu"], "device must be auto, cpu"),
+    (["bench", "--device", "cuda:7"], "device=cuda:7"),
 ])
 def test_bench_cli_bad_arguments(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)]) == 2

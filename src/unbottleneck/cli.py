@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
     bench.add_argument("--no-progress", action="store_true", help="hide progress bars")
     bench.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    bench.add_argument("--device", default="auto",
+                       help="auto (CUDA when available, else CPU), cpu, cuda[:N] or mps")
     return parser
 
 
@@ -152,7 +154,7 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     from .bench import run_benchmarks
-    from .bench.runner import resolve_names
+    from .bench.runner import resolve_device, resolve_names
 
     if not _set_threads(args.threads):
         return 2
@@ -161,11 +163,12 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     try:
         names = resolve_names(args.only)
+        device = resolve_device(args.device)
     except ValueError as exc:
         print(f"unbottleneck: error: {exc}", file=sys.stderr)
         return 2
     doc = run_benchmarks(names, quick=args.quick, repeats=args.repeats, out_dir=args.out,
-                         progress=not args.no_progress, command=_command(argv))
+                         progress=not args.no_progress, command=_command(argv), device=str(device))
     print(f"bench: done in {doc['wall_time_s']} s; results: "
           f"{os.path.join(doc['out_dir'], 'results.md')}")
     return 0

@@ -17,14 +17,15 @@ from .measure import make_row, ratio_stats, saved_bytes, time_interleaved
 MIB = 2.0**20
 
 
-def run(quick: bool = False, repeats: int = 5, progress: bool = True) -> dict:
+def run(quick: bool = False, repeats: int = 5, progress: bool = True,
+        device: torch.device | None = None) -> dict:
     """Benchmark AdaptiveLinear; returns the shared result dict."""
     from tqdm.auto import tqdm
 
     n, batch = (32, 64) if quick else (512, 1024)
     repeats = min(repeats, 2) if quick else repeats
     warmup, min_sample = (1, 0.002) if quick else (2, 0.05)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[dict] = []
     for policy in tqdm(POLICIES, desc="adaptive_linear", disable=not progress, leave=False):
         rows += _measure(policy, n, batch, device, repeats, warmup, min_sample)

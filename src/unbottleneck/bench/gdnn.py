@@ -55,7 +55,8 @@ def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, targets: tu
             "time_per_step": elapsed / step}
 
 
-def run(quick: bool = False, repeats: int = 5, progress: bool = True) -> dict:
+def run(quick: bool = False, repeats: int = 5, progress: bool = True,
+        device: torch.device | None = None) -> dict:
     """Benchmark GDNN vs a ReLU MLP (see the module doc); returns the shared result dict."""
     from tqdm.auto import tqdm
 
@@ -64,7 +65,7 @@ def run(quick: bool = False, repeats: int = 5, progress: bool = True) -> dict:
     else:
         width, n_points, max_steps, seeds, targets = 128, 256, 2000, min(repeats, 2), (0.1, 0.05)
     lr, factor = 3e-3, 4
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs: dict[str, list[dict]] = {"mlp": [], "gdnn": []}
     kernel = "?"
     for seed in tqdm(range(seeds), desc="gdnn", disable=not progress, leave=False):

@@ -56,14 +56,15 @@ def _configs(quick: bool) -> tuple[list[tuple[str, str, int, int]], int]:
     return [(b, q, d, f) for d in (128, 512) for f in (2, 4, 8) for b, q in CASES], 1024
 
 
-def run(quick: bool = False, repeats: int = 5, progress: bool = True) -> dict:
+def run(quick: bool = False, repeats: int = 5, progress: bool = True,
+        device: torch.device | None = None) -> dict:
     """Benchmark IAT-ReLU (see the module doc); returns the shared result dict."""
     from tqdm.auto import tqdm
 
     configs, batch = _configs(quick)
     repeats = min(repeats, 2) if quick else repeats
     warmup, min_sample = (1, 0.002) if quick else (2, 0.05)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[dict] = []
     notes: list[str] = []
     for basis, q, d, factor in tqdm(configs, desc="iat", disable=not progress, leave=False):

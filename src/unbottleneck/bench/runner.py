@@ -36,6 +36,17 @@ def resolve_names(only: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The benchmarks' device: ``auto`` is CUDA when available, else the CPU; a named device
+    this machine lacks is refused with a ValueError (see :func:`unbottleneck._validate.device`)."""
+    from .._validate import device as check_device
+
+    name = check_device("device", str(device))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def load_benchmark(name: str):
     """The module of benchmark ``name``, or None if it is not installed (yet)."""
     from . import BENCHMARKS
@@ -141,6 +152,7 @@ def run_benchmarks(
     threads: int | None = None,
     command: str = "",
     echo: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Run the named benchmarks (all by default) and write their report.
 
@@ -152,6 +164,7 @@ def run_benchmarks(
         the JSON document as a dict.
     """
     positive_int("repeats", repeats)
+    dev = resolve_device(device)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -164,6 +177,7 @@ def run_benchmarks(
         "quick": quick,
         "repeats": repeats,
         "environment": _machine(),
+        "device": str(dev),
         "benchmarks": [],
         "skipped": [],
     }
@@ -176,7 +190,7 @@ def run_benchmarks(
                 print(line, file=sys.stderr)
             continue
         t0 = time.perf_counter()
-        result = module.run(quick=quick, repeats=repeats, progress=progress)
+        result = module.run(quick=quick, repeats=repeats, progress=progress, device=dev)
         result.setdefault("name", name)
         result["wall_time_s"] = round(time.perf_counter() - t0, 2)
         doc["benchmarks"].append(result)
