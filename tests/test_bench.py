@@ -181,3 +181,29 @@ def test_bench_quick_cli_writes_json_and_markdown(tmp_path, capsys):
 def test_bench_cli_bad_arguments(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_gpu_check_script_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh, the one-go device check, exercised with DEVICE=cpu: the smoke
+    test (every module against the float64 oracle, compile included) and the benchmarks both
+    write their results; no check may crash (ERROR).  A FAIL exits 1: on this CPU the bf16
+    autocast GDNN case (hat basis) exceeds the script's 3e-2 by rounding that the dense
+    reference path shows equally."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    smoke = root.parent / "shared" / "tools" / "gpu_smoke.py"
+    if not smoke.is_file():
+        pytest.skip("../shared/tools/gpu_smoke.py is not beside this checkout")
+    env = {**__import__("os").environ, "DEVICE": "cpu", "QUICK": "1", "OUT": str(tmp_path),
+           "SMOKE": str(smoke), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr
+    smoke_out = (tmp_path / "smoke.txt").read_text()
+    assert "== checks:" in smoke_out and "ERROR" not in smoke_out.split("== checks:")[1].splitlines()[0]
+    assert (proc.returncode == 1) == ("FAIL" in smoke_out.split("== checks:")[1].splitlines()[0])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["device"] == "cpu" and doc["benchmarks"]
