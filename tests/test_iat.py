@@ -520,7 +520,7 @@ def test_quadrature_error_shrinks_with_m(basis, q):
         ({"q": "transpose"}, ValueError, "dual, same, normalized"),
         ({"nonlinearity": "swish"}, ValueError, "relu, leaky_relu"),
         ({"nonlinearity": 3}, TypeError, "nonlinearity"),
-        ({"implementation": "triton"}, ValueError, "auto, fast, reference"),
+        ({"implementation": "triton"}, ValueError, "auto, fast, fused, reference"),
         ({"implementation": "fast", "trainable": True}, ValueError, "trainable"),
         ({"num_points": 0}, ValueError, "num_points"),
         ({"num_points": -4}, ValueError, "num_points"),
@@ -1006,9 +1006,10 @@ def test_kernel_follows_dtype_and_copies():
     m = IAT(20, basis="piecewise_linear", implementation="fast", dtype=DT)
     assert m._ops.kernel.main.A.dtype == DT
     assert m.float()._ops.kernel.main.A.dtype == torch.float32 and m.kernel == "band"
-    # bases rounded to float32 no longer factor exactly in float64: the generic path
-    # (exact to round-off against the reference) takes over
-    assert m.double().kernel == "generic"
+    # back to float64: the bases are rebuilt exactly (float32's rounding would no longer
+    # factor in float64 and the layer would lose its kernel), so the band kernel stays
+    assert m.double().kernel == "band"
+    assert torch.equal(m.P, IAT(20, basis="piecewise_linear", dtype=DT).P)
     m = IAT(20, basis="piecewise_linear", implementation="fast", dtype=DT)
     clone = pickle.loads(pickle.dumps(m))
     z = randn(3, 20, seed=12)

@@ -3,12 +3,14 @@
 Dispatch (``implementation=``):
 
 * ``"reference"`` -- always the dense oracle :func:`~.functional.iat_reference`
-  (so are trainable bases, and every call under ``torch.compile``, where the
-  custom autograd functions do not trace; the dense form does, and inductor fuses it).
+  (so are trainable bases).  Under ``torch.compile`` every mode traces
+  :meth:`IAT._traced`: the hats' band expression, else the dense form.
 * ``"fast"`` -- always :func:`~.functional.iat_fast`: the structured kernel found
   for the bases (``select`` for rectangular, ``band`` for piecewise-linear, ``fourier``
   for the Fourier basis at midpoint nodes; see :mod:`.functional`), else the
   generic CSR/dense recomputing path.
+* ``"fused"`` -- as ``"fast"``, with the band kernel compiled by ``torch.compile``
+  (:mod:`.kernels.band_fused`); never chosen by ``"auto"`` (slower than eager on CPU).
 * ``"auto"`` (default) -- the fast path when it is the faster one:
 
   ===========  ======================================  ===================================
@@ -189,7 +191,7 @@ class IAT(nn.Module):
         q: output basis: ``"dual"`` (default), ``"same"``, ``"normalized"``, or a family.
         nonlinearity: ``"relu"`` (default) or another name/callable.
         trainable: make the discretised bases ``P`` and ``Qw`` trainable parameters.
-        implementation: ``"auto"`` (fast unless trainable), ``"fast"`` or ``"reference"``.
+        implementation: ``"auto"`` (fast unless trainable), ``"fast"``, ``"fused"`` or ``"reference"``.
         check_finite: raise on NaN/inf input (costs a device sync, breaks compile graphs).
         dim: the dimension that holds the d features (default -1, as ``nn.Linear``);
             ``dim=1`` for channels-first activations such as a convolution's (N, C, H, W)
