@@ -30,9 +30,22 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..._autocast import own_precision
 from .band import _BandKernel, _BandPart
 from .common import Nonlinearity
 from .tridiag import _OutputMap
+
+
+def _scatter_ends(out: torch.Tensor, part: _BandPart, to_left: torch.Tensor, to_right: torch.Tensor) -> torch.Tensor:
+    if part.identity:
+        return out + F.pad(to_left, (0, 1)) + F.pad(to_right, (1, 0))
+    return out.index_add(1, part.rows, to_left).index_add(1, part.rows + 1, to_right)
+
+
+def _ends(x: torch.Tensor, part: _BandPart) -> tuple[torch.Tensor, torch.Tensor]:
+    if part.identity:
+        return x[:, :-1], x[:, 1:]
+    return x.index_select(1, part.rows), x.index_select(1, part.rows + 1)
 
 
 def band_expression(z: torch.Tensor, kern: _BandKernel, sigma: Nonlinearity) -> torch.Tensor:
@@ -49,6 +62,7 @@ class _OutputMapFn(torch.autograd.Function):
     """``K^T v`` along the features, with backward ``K g`` (the output map as an autograd op)."""
 
     @staticmethod
+    @own_precision
     def forward(ctx, v: torch.Tensor, out: _OutputMap) -> torch.Tensor:  # type: ignore[override]
         ctx.out = out
         y = v.contiguous().clone()
@@ -57,24 +71,13 @@ class _OutputMapFn(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @own_precision
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         return ctx.out.backward(g.contiguous()), None
 
 
 def apply_output_map(y: torch.Tensor, kern: _BandKernel) -> torch.Tensor:
     return y if kern.out.kind == "identity" else _OutputMapFn.apply(y, kern.out)
-
-
-def _scatter_ends(out: torch.Tensor, part: _BandPart, to_left: torch.Tensor, to_right: torch.Tensor) -> torch.Tensor:
-    if part.identity:
-        return out + F.pad(to_left, (0, 1)) + F.pad(to_right, (1, 0))
-    return out.index_add(1, part.rows, to_left).index_add(1, part.rows + 1, to_right)
-
-
-def _ends(x: torch.Tensor, part: _BandPart) -> tuple[torch.Tensor, torch.Tensor]:
-    if part.identity:
-        return x[:, :-1], x[:, 1:]
-    return x.index_select(1, part.rows), x.index_select(1, part.rows + 1)
 
 
 def band_expression_backward(z: torch.Tensor, gy: torch.Tensor, kern: _BandKernel,
@@ -124,6 +127,7 @@ def _compiled_pair(device_type: str, dtype: torch.dtype, sigma_name: str,
 
 class _FusedBand(torch.autograd.Function):
     @staticmethod
+    @own_precision
     def forward(ctx, z: torch.Tensor, kern: _BandKernel, fns: tuple) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(z)
         ctx.kern, ctx.backward_fn = kern, fns[1]
@@ -132,6 +136,7 @@ class _FusedBand(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @own_precision
     def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
         (z,) = ctx.saved_tensors
         with torch.no_grad():
