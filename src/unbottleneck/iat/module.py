@@ -312,9 +312,9 @@ class IAT(nn.Module):
         its kernel); rebuild them from the float64 discretisation unless they were edited."""
         mats = discretize(self.in_features, self.out_features, self.basis, self.num_points,
                           self.quadrature, self.zero_mean, self.q_mode)
-        names = {"P": "P", "Qw": "Qw", "nodes": "nodes", "weights": "weights"}
+        names = ("P", "Qw", "nodes", "weights")
         current = {k: getattr(self, k) for k in names}
-        exact = {k: mats[v].to(device=current[k].device) for k, v in names.items()}
+        exact = {k: mats[k].to(device=current[k].device) for k in names}
         if all(torch.equal(exact[k].to(before).to(current[k].dtype), current[k]) for k in names):
             for k in names:
                 current[k].copy_(exact[k])
