@@ -45,3 +45,15 @@ def test_band_slot_limit_is_read_when_a_layer_is_built():
         narrow = IAT(16, basis="piecewise_linear", implementation="fast")  # R = 64 // 15 = 4 > 2
     assert narrow.kernel == "generic"
     assert IAT(16, basis="piecewise_linear", implementation="fast").kernel == "band"
+
+
+def test_chunks_follow_the_device():
+    """CPU chunks fit a cache; off the CPU the accelerator budget applies (the whole batch
+    at common sizes), so chunking does not multiply kernel launches there."""
+    from unbottleneck.iat.kernels.common import _chunk
+
+    assert _chunk(1024, 512, 40 * 512) == 40  # an explicit CPU budget
+    assert _chunk(1024, 512) == Settings().iat_chunk_elements // 512
+    assert _chunk(1024, 512, 40 * 512, device_type="cuda") == 1024
+    with settings.override(iat_accelerator_chunk_elements=100 * 512):
+        assert _chunk(1024, 512, device_type="cuda") == 100

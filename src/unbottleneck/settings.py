@@ -33,6 +33,10 @@ class Settings:
     iat_chunk_elements: int = 1 << 18
     #: Elements of the band kernel's (rows, V) work buffers per chunk, all together.
     iat_band_chunk_elements: int = 1 << 19
+    #: The same budget on GPUs and other accelerators, where the chunking's purpose (a CPU
+    #: cache) does not hold and every chunk costs kernel launches: 64 Mi elements, in effect
+    #: the whole batch at common sizes.  A reasoned default, not yet measured on a GPU.
+    iat_accelerator_chunk_elements: int = 1 << 26
     #: The band kernel loops over the R = M // (d - 1) node slots of an interval; beyond
     #: this many (M > 32 d) the generic path is used (read when a layer is built).
     iat_band_max_slots: int = 32
@@ -48,7 +52,7 @@ class Settings:
     alstm_onednn_min_numel: int = 1 << 16
     #: Recycle the fused aLSTM's large per-call buffers between calls (CPU only).
     alstm_cache_buffers: bool = True
-    #: tanh computed through the (faster, on CPU) sigmoid from this many elements on.
+    #: tanh computed through the (faster, on CPU) sigmoid from this many elements on (CPU only).
     alstm_tanh_via_sigmoid_min: int = 8192
 
 

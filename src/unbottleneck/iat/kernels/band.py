@@ -229,7 +229,8 @@ def _band_buffers(part: _BandPart, z: torch.Tensor, count: int) -> tuple[int, li
     """Rows per chunk, ``count`` (rows, V) work buffers, and the scratch of extra rows;
     all of them together hold about ``settings.iat_band_chunk_elements``."""
     V = part.A.shape[2]
-    step = _chunk(z.shape[0], (count + (not part.identity)) * V, settings.get().iat_band_chunk_elements)
+    step = _chunk(z.shape[0], (count + (not part.identity)) * V, settings.get().iat_band_chunk_elements,
+                  z.device.type)
     bufs = [z.new_empty(step, V) for _ in range(count)]
     return step, bufs, None if part.identity else z.new_empty(step, V)
 
@@ -257,7 +258,7 @@ def _band_forward(
                 coef = part.qf[r] if folded else part.q[r]
                 part.accumulate(r, _apply_sigma(sigma_name, sigma, f), coef, y[i0 : i0 + step], s)
     if kern.out.kind != "identity":
-        step = _chunk(n, kern.d, settings.get().iat_band_chunk_elements)
+        step = _chunk(n, kern.d, settings.get().iat_band_chunk_elements, y.device.type)
         for i0 in range(0, n, step):
             kern.out.forward(y[i0 : i0 + step])
     return y

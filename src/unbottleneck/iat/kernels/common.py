@@ -43,8 +43,14 @@ def _apply_sigma(sigma_name: str, sigma: Nonlinearity, f: torch.Tensor) -> torch
     return f.relu_() if sigma_name == "relu" else sigma(f)
 
 
-def _chunk(total: int, per_item: int, budget: int | None = None) -> int:
+def _chunk(total: int, per_item: int, budget: int | None = None, device_type: str = "cpu") -> int:
     """How many of ``total`` items (``per_item`` elements each) one chunk of ``budget``
-    elements (default ``settings.iat_chunk_elements``) takes."""
-    budget = settings.get().iat_chunk_elements if budget is None else budget
+    elements (default ``settings.iat_chunk_elements``) takes.  Off the CPU the budget is
+    ``settings.iat_accelerator_chunk_elements`` whatever is asked: chunks sized for a CPU
+    cache would only multiply kernel launches there."""
+    knobs = settings.get()
+    if device_type != "cpu":
+        budget = knobs.iat_accelerator_chunk_elements
+    elif budget is None:
+        budget = knobs.iat_chunk_elements
     return max(1, min(total, budget // max(per_item, 1)))

@@ -100,7 +100,7 @@ def _fourier_forward(
     """Batch-major (N, d) -> (N, d), in chunks of rows."""
     n = z.shape[0]
     y = z.new_empty(n, kern.d)
-    step = _chunk(n, 3 * kern.M)  # per row: the spectrum, the state and its transform
+    step = _chunk(n, 3 * kern.M, device_type=z.device.type)  # per row: spectrum, state, its transform
     spec = kern.spectrum(min(step, n), z)
     for i0 in range(0, n, step):
         f = kern.synthesis(z[i0 : i0 + step], spec)
@@ -115,7 +115,7 @@ def _fourier_backward(
     # gz overwrites gs chunk by chunk: each chunk of gs is read before it is written.
     gz = gs = gy * kern.out_scale
     n = z.shape[0]
-    step = _chunk(n, 3 * kern.M)
+    step = _chunk(n, 3 * kern.M, device_type=z.device.type)
     spec = kern.spectrum(min(step, n), z)
     for i0 in range(0, n, step):
         grad_r = kern.synthesis(gs[i0 : i0 + step], spec)
