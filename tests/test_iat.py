@@ -333,7 +333,8 @@ def test_fast_path_uses_sparse_operators_for_local_bases():
     assert big * 4 * big >= AUTO_FAST_MIN_SIZE
     assert make(big, basis="rectangular").use_fast
     assert make(big, basis="piecewise_linear").use_fast
-    assert not make(big, basis="fourier").use_fast
+    assert make(big, basis="fourier").use_fast  # the FFT kernel, from d * M = 65536
+    assert not make(big // 2, basis="fourier").use_fast
     assert make(D_FAST, basis="fourier", implementation="fast").use_fast
     assert not make(D_FAST, basis="rectangular", implementation="reference").use_fast
 
@@ -986,9 +987,9 @@ def test_auto_dispatch_thresholds():
     small = int(AUTO_SELECT_MIN_SIZE**0.5 / 2)  # d * 4d just above the select threshold
     assert make(small, basis="rectangular").use_fast
     assert not make(small - 1, basis="rectangular").use_fast
-    assert 128 * 512 < AUTO_FFT_MIN_SIZE <= 256 * 1024
-    assert not make(128, basis="fourier").use_fast
-    m = make(256, basis="fourier")
+    assert 64 * 256 < AUTO_FFT_MIN_SIZE <= 128 * 512
+    assert not make(64, basis="fourier").use_fast
+    m = make(128, basis="fourier")
     assert m.use_fast and m.kernel == "fourier"
     assert make(128, basis="piecewise_linear", q="normalized").kernel == "band"
 

@@ -21,16 +21,17 @@ Dispatch (``implementation=``):
   ``band``     piecewise_linear, q dual/same/          ``d * M >= iat_auto_fast_min_size``
                normalized, any quadrature              (65536)
   ``fourier``  fourier at midpoint nodes, q dual/      ``d * M >= iat_auto_fft_min_size``
-               same/normalized                         (262144)
+               same/normalized                         (65536)
   ``generic``  anything else with a sparse P or Qw     ``d * M >= iat_auto_fast_min_size``
   (none)       dense bases without structure           never: the recomputation costs an
                                                        extra dense matmul
   ===========  ======================================  ===================================
 
-  The thresholds are measured crossovers against the dense path (forward +
-  backward, float32, 1 thread, batch 64-512, M = 4d): the ``band`` kernel wins from
-  d = 64-128 (batch 512) or 128-256 (batch 64) on; the FFT from d = 128 (batch
-  512) or 256 (batch 64) on; ``select`` (an element-wise op) wins at every size, and
+  The thresholds are measured crossovers against the dense path (Linear + IAT forward +
+  backward, float32, M = 2d-4d; 1 thread at batch 64 and 2 threads at batch 1024): at
+  d * M = 65536 the ``band`` kernel takes 0.82x (q normalized) / 1.16x (dual) of the
+  dense time at batch 64 and 0.34x / 0.46x at batch 1024; the FFT 0.98x and 0.78x, and
+  0.65-0.68x from 131072 on; ``select`` (an element-wise op) wins at every size, and
   its small threshold only keeps tiny layers on the exact oracle path.
 """
 
