@@ -147,6 +147,18 @@ def make_mlp(
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> float:
+    """Classification accuracy of ``model`` on ``(x, y)`` in eval mode, in batches; the
+    model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    correct = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
+                  for i in range(0, x.shape[0], batch))
+    model.train(was_training)
+    return correct / x.shape[0]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

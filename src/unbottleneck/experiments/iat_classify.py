@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import (
+    accuracy,
     check_activation,
     count_parameters,
     fmt,
@@ -111,14 +112,6 @@ def make_model(kind: str, activation: str, cfg: IATClassifyConfig, image_shape: 
         nn.Conv2d(c, c1, 3, padding=1), act(c1), nn.MaxPool2d(2),
         nn.Conv2d(c1, c2, 3, padding=1), act(c2), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(c2 * (h // 4) * (w // 4), 10))
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    model.eval()
-    correct = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    model.train()
-    return correct / len(x)
 
 
 def train_one(kind: str, activation: str, seed: int, cfg: IATClassifyConfig, data: tuple, bar) -> dict:

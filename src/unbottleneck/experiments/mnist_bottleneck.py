@@ -55,6 +55,7 @@ from ..diagnostics import BottleneckRecorder, summarize
 from ..diagnostics.effect import spread
 from ..training import seed_everything
 from .common import (
+    accuracy,
     count_parameters,
     fmt,
     markdown_table,
@@ -211,14 +212,6 @@ def _starter_init_adaptive(layer: AdaptiveLinear) -> None:
         _trunc_normal(w)
     if layer.bias is not None:
         layer.bias.zero_()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> float:
-    model.eval()
-    correct = sum(int((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum())
-                  for i in range(0, x.shape[0], batch))
-    return correct / x.shape[0]
 
 
 CHECKPOINT_KIND = "mnist-bottleneck"

@@ -390,9 +390,9 @@ class IAT(nn.Module):
             )
         if self.check_finite and not torch.isfinite(z).all():
             raise ValueError("IAT input contains NaN or inf values")
-        # Sparse CSR tensors do not trace under torch.compile; the dense form does
-        # and inductor fuses it, so compiled graphs use the reference path.  The
-        # compiling check comes first: use_fast touches the (CSR) operators.
+        # The custom autograd kernels and CSR operators do not trace under torch.compile,
+        # so compiled graphs take _traced.  The compiling check comes first: use_fast
+        # touches the (CSR) operators.
         if torch.compiler.is_compiling():
             return self._traced(z)
         if self.use_fast:

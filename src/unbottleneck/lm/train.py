@@ -324,7 +324,7 @@ class LMTrainer:
                 else loss.new_zeros(()))
         # One host sync per step: the summed loss (every rank takes the same decision), the
         # gradient norm (already reduced by DDP) and this rank's raw loss, read together.
-        total = distributed.all_reduce_sum(loss.detach(), self.dist).to(loss.device)
+        total = distributed.all_reduce_sum(loss.detach(), self.dist)  # on loss's device
         total, norm, raw = torch.stack([total, norm.double(), raw_loss.detach().double()]).tolist()
         if not math.isfinite(total):
             self._diverged(f"training loss became {total / self.dist.world_size}")

@@ -42,18 +42,17 @@ def _scatter_ends(out: torch.Tensor, part: _BandPart, to_left: torch.Tensor, to_
     return out.index_add(1, part.rows, to_left).index_add(1, part.rows + 1, to_right)
 
 
-def _ends(x: torch.Tensor, part: _BandPart) -> tuple[torch.Tensor, torch.Tensor]:
-    if part.identity:
-        return x[:, :-1], x[:, 1:]
-    return x.index_select(1, part.rows), x.index_select(1, part.rows + 1)
+def _states(z: torch.Tensor, part: _BandPart) -> torch.Tensor:
+    """The states at all of the part's nodes, (N, R, V): never materialised once compiled."""
+    left, right = part.ends(z)
+    return part.A[0] * left[:, None, :] + part.A[1] * right[:, None, :]
 
 
 def band_expression(z: torch.Tensor, kern: _BandKernel, sigma: Nonlinearity) -> torch.Tensor:
     """(N, d) -> (N, d) before the output map, in plain differentiable tensor ops."""
     y = z.new_zeros(z.shape[0], kern.d)
     for part in kern.parts:
-        left, right = _ends(z, part)
-        act = sigma(part.A[0] * left[:, None, :] + part.A[1] * right[:, None, :])  # (N, R, V), fused away
+        act = sigma(_states(z, part))
         y = _scatter_ends(y, part, (part.Qat[0] * act).sum(1), (part.Qat[1] * act).sum(1))
     return y
 
@@ -86,9 +85,8 @@ def band_expression_backward(z: torch.Tensor, gy: torch.Tensor, kern: _BandKerne
     leaky ReLU: the states are recomputed, never stored.  (N, d), (N, d) -> (N, d)."""
     gz = z.new_zeros(z.shape[0], kern.d)
     for part in kern.parts:
-        left, right = _ends(z, part)
-        f = part.A[0] * left[:, None, :] + part.A[1] * right[:, None, :]
-        g_left, g_right = _ends(gy, part)
+        f = _states(z, part)
+        g_left, g_right = part.ends(gy)
         g_act = part.Qat[0] * g_left[:, None, :] + part.Qat[1] * g_right[:, None, :]
         g_f = torch.where(f > 0, g_act, negative_slope * g_act)
         gz = _scatter_ends(gz, part, (part.A[0] * g_f).sum(1), (part.A[1] * g_f).sum(1))
