@@ -161,6 +161,7 @@ def summarize(runs: dict) -> dict:
 
 def figure(cfg: IATClassifyConfig, ctx: RunContext, runs: dict) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(cfg.models), figsize=(5.5 * len(cfg.models), 4), squeeze=False)
     for ax, kind in zip(axes[0], cfg.models, strict=False):
@@ -172,6 +173,7 @@ def figure(cfg: IATClassifyConfig, ctx: RunContext, runs: dict) -> None:
                 ax.fill_between(epochs, acc.min(0).values.numpy(), acc.max(0).values.numpy(),
                                 color=line.get_color(), alpha=0.2)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{cfg.dataset} {kind} (mean, min-max over {plural(cfg.seeds, 'seed')})", fontsize=10)
         ax.legend(fontsize=8)

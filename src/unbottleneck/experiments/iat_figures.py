@@ -15,7 +15,7 @@ SWEEP_PANELS = (  # (key, title, log y)
     ("memorize_acc", "memorisation train acc", False),
     ("spikes", "loss spikes per run", False),
     ("grad_spread", "grad-norm spread (std log10)", False),
-    ("macs", "multiply-adds / sample", True),
+    ("macs", "multiply-adds / sample (equal for every basis)", True),
 )
 
 
@@ -34,13 +34,14 @@ def sweep_figure(ctx: RunContext, cfg: Any, summary: dict, rows: list[dict]) -> 
     for ax in axes[len(panels) + 1:]:
         ax.set_visible(False)
     ms = [f * cfg.fit_width for f in cfg.factors]
+    color = {basis: f"C{i}" for i, basis in enumerate(cfg.bases)}  # one colour per basis in every panel
     for ax, (key, title, logy) in zip(axes, panels, strict=False):
         for basis in cfg.bases:
             vals = [summary[basis][str(f)][key] for f in cfg.factors]
-            line, = ax.plot(ms, [_mean(v) for v in vals], "o-", label=basis)
+            ax.plot(ms, [_mean(v) for v in vals], "o-", color=color[basis], label=basis)
             if isinstance(vals[0], dict):
                 ax.fill_between(ms, [v["min"] for v in vals], [v["max"] for v in vals],
-                                color=line.get_color(), alpha=0.15)
+                                color=color[basis], alpha=0.15)
         ax.set_xscale("log", base=2)
         if logy:
             ax.set_yscale("log")
@@ -51,7 +52,7 @@ def sweep_figure(ctx: RunContext, cfg: Any, summary: dict, rows: list[dict]) -> 
     for basis in cfg.bases:
         for factor, style in ((cfg.factors[0], ":"), (cfg.factors[-1], "-")):
             trace = next(r["loss_trace"] for r in rows if r["basis"] == basis and r["factor"] == factor)
-            ax.plot(trace, style, lw=0.8, label=f"{basis} M={factor}d")
+            ax.plot(trace, style, lw=0.8, color=color[basis], label=f"{basis} M={factor}d")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title("training loss, seed 0", fontsize=9)
