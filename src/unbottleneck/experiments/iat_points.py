@@ -72,7 +72,7 @@ class IATPointsConfig:
         require_discretisable(acts, [self.jump_width], self.jump_factors)
 
 
-def multiply_adds(model: nn.Module, num_inputs: int = 1) -> int:
+def multiply_adds(model: nn.Module) -> int:
     """Multiply-adds of one forward pass of an MLP of ``nn.Linear`` and IAT layers, per sample.
 
     An IAT counts as its dense discretised form ``Q^T diag(w) relu(P z)``: M (d + m).
@@ -83,7 +83,7 @@ def multiply_adds(model: nn.Module, num_inputs: int = 1) -> int:
             total += mod.in_features * mod.out_features
         elif isinstance(mod, IAT):
             total += mod.num_points * (mod.in_features + mod.out_features)
-    return total * num_inputs
+    return total
 
 
 def _configs(cfg: IATPointsConfig, factor: int):
