@@ -9,6 +9,7 @@ command writes its JSON and Markdown with a ratio column.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +208,25 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
     assert (proc.returncode == 1) == ("FAIL" in smoke_out.split("== checks:")[1].splitlines()[0])
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["device"] == "cpu" and doc["benchmarks"]
+    fused = (tmp_path / "fused-kernels.md").read_text()  # benchmarks/fused_kernels.py --quick
+    for label in ("rectangular", "pl normalized", "pl dual", "fourier"):
+        assert f"| 16 | {label} |" in fused
+        assert f"Linear + IAT {label}, kernel expression" in fused
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_alstm_cell_fusion_benchmark_quick_run(tmp_path):
+    out, threads = tmp_path / "cell.md", torch.get_num_threads()
+    _script("alstm_cell_fusion").main(["--quick", "--threads", "1", "--out", str(out)])
+    torch.set_num_threads(threads)
+    text = out.read_text()
+    assert "| 32 |" in text and "would save at most" in text

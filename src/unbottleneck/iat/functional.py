@@ -73,9 +73,9 @@ import torch.nn.functional as F
 
 from .._autocast import own_precision
 from .kernels.band import _band_backward, _band_forward, _band_kernel, _BandKernel
-from .kernels.band_fused import band_fused
 from .kernels.common import Nonlinearity, _tol
 from .kernels.fourier import _fourier_backward, _fourier_forward, _fourier_kernel, _FourierKernel
+from .kernels.fused import fused_iat
 from .kernels.generic import _as_operator, _forward_t, _IATRecompute
 from .kernels.select import _select_forward, _select_kernel, _SelectKernel
 
@@ -281,8 +281,9 @@ def iat_fast(
         sigma_name: name from :func:`resolve_nonlinearity` (selects hand-written
             derivatives; other names use autograd on ``sigma``).
         sigma: the element-wise nonlinearity.
-        fused: run the band kernel through ``torch.compile`` (:mod:`.kernels.band_fused`);
-            other kernels, and machines where compiling fails, use the eager kernels.
+        fused: run the structured kernel through ``torch.compile`` (:mod:`.kernels.fused`);
+            the generic path, nonlinearities other than ReLU / leaky ReLU and machines
+            where compiling fails use the eager kernels.
 
     Returns:
         (..., m)
@@ -291,14 +292,14 @@ def iat_fast(
     d, m = ops.P.shape[1], ops.Qw.shape[1]
     kern = ops.kernel_for(sigma_name)
     grad = torch.is_grad_enabled() and z.requires_grad
+    if fused and kern is not None and z.numel() > 0:
+        y = fused_iat(z.reshape(-1, d).contiguous(), kern, sigma_name, sigma, ops.P)
+        if y is not None:
+            return y.reshape(*lead, m)
     if isinstance(kern, _SelectKernel):
         return _select_forward(z, kern, sigma)
     if type(kern) in _ROWWISE and z.numel() > 0:  # batch-major
         z2 = z.reshape(-1, d).contiguous()
-        if fused and isinstance(kern, _BandKernel):
-            y = band_fused(z2, kern, sigma_name, sigma)
-            if y is not None:
-                return y.reshape(*lead, m)
         fn = _RowwiseIAT.apply if grad else _ROWWISE[type(kern)][0]
         return fn(z2, kern, sigma_name, sigma).reshape(*lead, m)
     zt = z.reshape(-1, d).t().contiguous()  # (d, N): the generic path is feature-major

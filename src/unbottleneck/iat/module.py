@@ -4,13 +4,14 @@ Dispatch (``implementation=``):
 
 * ``"reference"`` -- always the dense oracle :func:`~.functional.iat_reference`
   (so are trainable bases).  Under ``torch.compile`` every mode traces
-  :meth:`IAT._traced`: the hats' band expression, else the dense form.
+  :meth:`IAT._traced`: the structured kernel's expression, else the dense form.
 * ``"fast"`` -- always :func:`~.functional.iat_fast`: the structured kernel found
   for the bases (``select`` for rectangular, ``band`` for piecewise-linear, ``fourier``
   for the Fourier basis at midpoint nodes; see :mod:`.functional`), else the
   generic CSR/dense recomputing path.
-* ``"fused"`` -- as ``"fast"``, with the band kernel compiled by ``torch.compile``
-  (:mod:`.kernels.band_fused`); never chosen by ``"auto"`` (slower than eager on CPU).
+* ``"fused"`` -- as ``"fast"``, with the structured kernel (select, band, fourier)
+  compiled by ``torch.compile`` (:mod:`.kernels.fused`) for ReLU and leaky ReLU; never
+  chosen by ``"auto"`` (not faster than eager on CPU: ``benchmarks/results/``).
 * ``"auto"`` (default) -- the fast path when it is the faster one:
 
   ===========  ======================================  ===================================
@@ -51,7 +52,7 @@ from .functional import (
     resolve_nonlinearity,
 )
 from .kernels.band import _BandKernel
-from .kernels.band_fused import band_expression
+from .kernels.fused import traced_expression
 from .quadrature import canonical_quadrature, quadrature_rule
 
 Q_MODES = ("dual", "same", "normalized")
@@ -307,6 +308,20 @@ class IAT(nn.Module):
         return out
 
     @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Write the discretised bases (``P``, ``Qw``, nodes, weights) afresh, in the
+        module's dtype and device, and rebuild the operators: what meta-device init
+        followed by ``to_empty()`` needs (trainable bases restart from the discretisation)."""
+        if self.P.is_meta:
+            return
+        with torch.device("cpu"):
+            mats = discretize(self.in_features, self.out_features, self.basis, self.num_points,
+                              self.quadrature, self.zero_mean, self.q_mode)
+        for k in ("P", "Qw", "nodes", "weights"):
+            getattr(self, k).copy_(mats[k])
+        self.refresh()
+
+    @torch.no_grad()
     def _restore_exact_bases(self, before: torch.dtype) -> None:
         """After a cast to a wider dtype (float32 -> float64) the bases carry float32's
         rounding, which the exact structure tests reject (the layer would silently lose
@@ -400,16 +415,17 @@ class IAT(nn.Module):
         return iat_reference(z, self.P, self.Qw, self.sigma)
 
     def _traced(self, z: torch.Tensor) -> torch.Tensor:
-        """What an enclosing ``torch.compile`` traces: for the hats (band kernel) their
-        element-wise expression, which inductor fuses (O(N M) instead of the dense form's
-        two O(N M d) products), followed for the dual by its output map as one (d, d)
-        matmul; the dense form otherwise."""
+        """What an enclosing ``torch.compile`` traces: the structured kernel's expression
+        (:func:`~.kernels.fused.traced_expression`), which inductor fuses (element-wise for
+        select and band, O(N M) instead of the dense form's two O(N M d) products; FFTs
+        for large Fourier layers), followed for the hats' dual by its output map as one
+        (d, d) matmul; the dense form otherwise."""
         kern = None if self._ops is None or self.trainable else self._ops.kernel_for(self.sigma_name)
-        if isinstance(kern, _BandKernel) and self.use_fast and z.numel():
+        if kern is not None and self.use_fast and z.numel():
             lead = z.shape[:-1]
-            y = band_expression(z.reshape(-1, self.in_features), kern, self.sigma)
-            if self._traced_output is not None:  # the dual's output map, as one matmul
-                y = y @ self._traced_output
+            y = traced_expression(z.reshape(-1, self.in_features), kern, self.sigma, self.P)
+            if isinstance(kern, _BandKernel) and self._traced_output is not None:
+                y = y @ self._traced_output  # the dual's output map, as one matmul
             return y.reshape(*lead, -1)
         return iat_reference(z, self.P, self.Qw, self.sigma)
 

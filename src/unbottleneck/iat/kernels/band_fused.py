@@ -1,4 +1,4 @@
-"""Kernel ``band``, fused: the hats' IAT as one element-wise expression that a compiler fuses.
+"""Kernel ``band`` as one element-wise expression that a compiler fuses (the hats' IAT).
 
 The eager band kernel (:mod:`.band`) loops over the R node slots of an interval and
 runs a handful of ATen ops per slot.  Here the same map is written once, over all
@@ -16,16 +16,10 @@ expression is what an enclosing ``torch.compile`` of a user's model traces, so c
 models get the fused kernel too.  ``y`` then goes through the output map (identity for
 ``q="normalized"``/``"same"``, a tridiagonal solve for the dual), as in the eager kernel.
 
-:func:`band_fused` compiles once per (device type, dtype, nonlinearity) with a dynamic
-batch dimension and falls back to the eager kernel, with one warning, where no compiler
-works.
+:mod:`.fused` compiles these expressions (``implementation="fused"``).
 """
 
 from __future__ import annotations
-
-import threading
-import warnings
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +42,8 @@ def _states(z: torch.Tensor, part: _BandPart) -> torch.Tensor:
     return part.A[0] * left[:, None, :] + part.A[1] * right[:, None, :]
 
 
-def band_expression(z: torch.Tensor, kern: _BandKernel, sigma: Nonlinearity) -> torch.Tensor:
+def band_expression(z: torch.Tensor, kern: _BandKernel, sigma: Nonlinearity,
+                    basis: torch.Tensor | None = None) -> torch.Tensor:
     """(N, d) -> (N, d) before the output map, in plain differentiable tensor ops."""
     y = z.new_zeros(z.shape[0], kern.d)
     for part in kern.parts:
@@ -80,9 +75,10 @@ def apply_output_map(y: torch.Tensor, kern: _BandKernel) -> torch.Tensor:
 
 
 def band_expression_backward(z: torch.Tensor, gy: torch.Tensor, kern: _BandKernel,
-                             negative_slope: float) -> torch.Tensor:
+                             negative_slope: float, basis: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient of :func:`band_expression` w.r.t. ``z`` for ReLU (``negative_slope`` 0) or
-    leaky ReLU: the states are recomputed, never stored.  (N, d), (N, d) -> (N, d)."""
+    leaky ReLU: the states are recomputed, never stored.  (N, d), (N, d) -> (N, d).
+    (``basis`` is unused: the signature shared by every fused expression.)"""
     gz = z.new_zeros(z.shape[0], kern.d)
     for part in kern.parts:
         f = _states(z, part)
@@ -91,74 +87,3 @@ def band_expression_backward(z: torch.Tensor, gy: torch.Tensor, kern: _BandKerne
         g_f = torch.where(f > 0, g_act, negative_slope * g_act)
         gz = _scatter_ends(gz, part, (part.A[0] * g_f).sum(1), (part.A[1] * g_f).sum(1))
     return gz
-
-
-#: Nonlinearities with a fused backward: name -> slope for negative states.
-FUSED_SIGMAS = {"relu": 0.0, "leaky_relu": 0.01}
-
-_compiled: dict[tuple[str, torch.dtype, str, str], Callable] = {}
-_failed: set[str] = set()
-_lock = threading.Lock()
-
-
-def _compiled_pair(device_type: str, dtype: torch.dtype, sigma_name: str,
-                   sigma: Nonlinearity) -> tuple[Callable, Callable]:
-    """Compiled forward and backward expressions, once per (device type, dtype, sigma),
-    with a dynamic batch dimension.  Neither records autograd: the autograd Function
-    below saves only ``z``, so backward may run with retain_graph=True."""
-    slope = FUSED_SIGMAS[sigma_name]
-
-    def forward(z: torch.Tensor, kern: _BandKernel) -> torch.Tensor:
-        return band_expression(z, kern, sigma)
-
-    def backward(z: torch.Tensor, gy: torch.Tensor, kern: _BandKernel) -> torch.Tensor:
-        return band_expression_backward(z, gy, kern, slope)
-
-    with _lock:
-        for name, fn in (("forward", forward), ("backward", backward)):
-            key = (device_type, dtype, sigma_name, name)
-            if key not in _compiled:
-                _compiled[key] = torch.compile(fn, dynamic=True, fullgraph=True)
-        return (_compiled[device_type, dtype, sigma_name, "forward"],
-                _compiled[device_type, dtype, sigma_name, "backward"])
-
-
-class _FusedBand(torch.autograd.Function):
-    @staticmethod
-    @own_precision
-    def forward(ctx, z: torch.Tensor, kern: _BandKernel, fns: tuple) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(z)
-        ctx.kern, ctx.backward_fn = kern, fns[1]
-        with torch.no_grad():
-            return fns[0](z, kern)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    @own_precision
-    def backward(ctx, gy: torch.Tensor):  # type: ignore[override]
-        (z,) = ctx.saved_tensors
-        with torch.no_grad():
-            return ctx.backward_fn(z, gy.contiguous(), ctx.kern), None, None
-
-
-def band_fused(z: torch.Tensor, kern: _BandKernel, sigma_name: str, sigma: Nonlinearity) -> torch.Tensor | None:
-    """The band kernel through ``torch.compile``: (N, d) -> (N, d), differentiable once.
-
-    Returns None, for the caller to run the eager kernel, for nonlinearities without a
-    fused backward (anything but ReLU and leaky ReLU) and, after one warning per device
-    type, where compiling fails (e.g. a machine without a C++ compiler).
-    """
-    device_type = z.device.type
-    if sigma_name not in FUSED_SIGMAS or device_type in _failed:
-        return None
-    fns = _compiled_pair(device_type, z.dtype, sigma_name, sigma)
-    try:
-        y = _FusedBand.apply(z, kern, fns) if torch.is_grad_enabled() and z.requires_grad \
-            else fns[0](z, kern)
-        return apply_output_map(y, kern)
-    except Exception as exc:  # noqa: BLE001 -- any compiler failure: use the eager kernel
-        _failed.add(device_type)
-        warnings.warn(f"IAT implementation='fused' could not compile on {device_type} "
-                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); using the "
-                      "eager band kernel instead", RuntimeWarning, stacklevel=2)
-        return None

@@ -1,4 +1,12 @@
-"""Kernel ``fourier``: real FFTs for the Fourier basis at midpoint nodes."""
+"""Kernel ``fourier``: real FFTs for the Fourier basis at midpoint nodes.
+
+The eager kernel (:func:`_fourier_forward` / :func:`_fourier_backward`) works in chunks
+of rows with reused spectrum buffers.  :func:`fourier_expression` is the same map in
+plain out-of-place real arithmetic around the two FFTs (no complex element-wise ops, which
+compilers do not generate), for :mod:`.fused` and compiled user models; below the FFT's
+crossover size (``settings.iat_auto_fft_min_size``, :func:`dense_basis`) they take the
+dense form with the bases' (M, d) matrix instead.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from ... import settings
 from .common import Nonlinearity, _apply_sigma, _chunk, _sigma_backward
 from .tridiag import _output_map
 
@@ -123,3 +133,53 @@ def _fourier_backward(
         grad_f = _sigma_backward(sigma_name, sigma, f, grad_r)
         kern.analysis(grad_f, gz[i0 : i0 + step])
     return gz
+
+
+def _phase_parts(kern: _FourierKernel) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.view_as_real(kern.phase).unbind(-1)
+
+
+def fourier_synthesis(z: torch.Tensor, kern: _FourierKernel) -> torch.Tensor:
+    """``P z`` out of place: (n, d) -> (n, M); the spectrum in real arithmetic."""
+    nf, half = kern.phase.numel(), kern.M // 2 + 1
+    pr, pi = _phase_parts(kern)
+    zs, zc = z[:, 0::2], F.pad(z[:, 1::2], (0, nf - kern.d // 2))
+    scale = 0.5 * kern.M  # irfft's 1/M and the two conjugate halves
+    re, im = scale * (pr * zc + pi * zs), scale * (pi * zc - pr * zs)  # (M/2) phase (zc - i zs)
+    spec = F.pad(torch.stack((re, im), -1), (0, 0, 1, half - 1 - nf))
+    return torch.fft.irfft(torch.view_as_complex(spec), n=kern.M)
+
+
+def fourier_analysis(r: torch.Tensor, kern: _FourierKernel) -> torch.Tensor:
+    """``P^T r`` out of place: (n, M) -> (n, d)."""
+    nf = kern.phase.numel()
+    pr, pi = _phase_parts(kern)
+    a, b = torch.view_as_real(torch.fft.rfft(r))[:, 1 : nf + 1].unbind(-1)
+    re, im = a * pr + b * pi, a * pi - b * pr  # phase * conj(R)
+    return torch.stack((im, re), -1).reshape(r.shape[0], 2 * nf)[:, : kern.d]
+
+
+def dense_basis(kern: _FourierKernel, P: torch.Tensor) -> torch.Tensor | None:
+    """``P`` where the dense form beats the FFTs (d M below ``iat_auto_fft_min_size``),
+    else None: the ``basis`` argument of the Fourier expressions."""
+    return P if kern.d * kern.M < settings.get().iat_auto_fft_min_size else None
+
+
+def fourier_expression(z: torch.Tensor, kern: _FourierKernel, sigma: Nonlinearity,
+                       basis: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, d) -> (N, d): by FFTs without ``basis``, else with ``basis`` (P, (M, d)) as two
+    dense products (see :func:`dense_basis`)."""
+    if basis is None:
+        return fourier_analysis(sigma(fourier_synthesis(z, kern)), kern) * kern.out_scale
+    return (sigma(z @ basis.t()) @ basis) * kern.out_scale
+
+
+def fourier_expression_backward(z: torch.Tensor, gy: torch.Tensor, kern: _FourierKernel,
+                                negative_slope: float, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient of :func:`fourier_expression` for ReLU / leaky ReLU, the state recomputed."""
+    gs = gy * kern.out_scale
+    if basis is None:
+        f, g = fourier_synthesis(z, kern), fourier_synthesis(gs, kern)
+        return fourier_analysis(torch.where(f > 0, g, negative_slope * g), kern)
+    f, g = z @ basis.t(), gs @ basis.t()
+    return torch.where(f > 0, g, negative_slope * g) @ basis

@@ -51,3 +51,17 @@ def _select_kernel(P: torch.Tensor, Qw: torch.Tensor, tol: float) -> _SelectKern
 def _select_forward(z: torch.Tensor, kern: _SelectKernel, sigma: Nonlinearity) -> torch.Tensor:
     r = sigma(z)  # plain autograd: ReLU keeps its (..., d) output, like nn.ReLU
     return r * kern.gain if kern.gain is not None else r @ kern.mix
+
+
+def select_expression(z: torch.Tensor, kern: _SelectKernel, sigma: Nonlinearity,
+                      basis: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_select_forward` as one expression for a compiler: (N, d) -> (N, m)."""
+    r = sigma(z)
+    return r * kern.gain if kern.gain is not None else r @ kern.mix
+
+
+def select_expression_backward(z: torch.Tensor, gy: torch.Tensor, kern: _SelectKernel,
+                               negative_slope: float, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient of :func:`select_expression` w.r.t. ``z`` for ReLU / leaky ReLU: (N, d)."""
+    g = gy * kern.gain if kern.gain is not None else gy @ kern.mix.t()
+    return torch.where(z > 0, g, negative_slope * g)
