@@ -24,6 +24,7 @@ TINY = {
     "lm-robustness": ["samples=2", "max_batches=2", "eval_tokens=200"],
     "lm-compare": ["models=ptb-small-alstm,ptb-small-lstm", "epochs=2", "eval_tokens=200"],
     "lm-stability": ["updates=2", "bptt=12"],
+    "transformer-ffn": ["d_model=16", "steps=4", "final_eval_tokens=512"],
 }
 
 

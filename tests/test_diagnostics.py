@@ -159,7 +159,12 @@ def test_recorder_detaches_hooks_and_resets():
 
 def test_recorder_bad_arguments():
     with pytest.raises(ValueError, match="no module to record"):
-        BottleneckRecorder(nn.Sequential(nn.Linear(2, 2)))
+        BottleneckRecorder(nn.Sequential(nn.Linear(2, 2)), functional=False)
+    linear = nn.Sequential(nn.Linear(2, 2))
+    with BottleneckRecorder(linear) as rec:  # functional calls could appear: not refused up front
+        linear(torch.randn(3, 2))
+    with pytest.raises(ValueError, match="nothing recorded"):
+        rec.pooled()
     with pytest.raises(ValueError, match="no submodule named 'x'"):
         BottleneckRecorder(nn.Sequential(nn.ReLU()), include=["x"])
     with pytest.raises(ValueError, match="max_samples"):

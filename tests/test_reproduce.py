@@ -234,3 +234,22 @@ def test_every_log_line_of_a_reproduce_names_its_step(tmp_path, capsys, shared_d
     run_experiment("lm", quick=True, out_dir=tmp_path / "lm", progress=False, label="reproduce [lm-x]")
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines and all(line.startswith("reproduce [lm-x]: ") for line in lines)
+
+
+def test_beyond_the_seeds_questions_get_measured_answers(tmp_path, shared_data):
+    """transformer-ffn answers its stated questions in the summary and in a table of their own,
+    apart from the claims' verdict counts."""
+    from unbottleneck.experiments.questions import QUESTIONS
+
+    assert {s for q in QUESTIONS for s in q.steps} <= {s.id for s in PLAN}
+    tiny = {"transformer-ffn": ["d_model=16", "n_layers=1", "steps=3", "eval_every=3", "final_eval_tokens=512"]}
+    summary = run_reproduce(quick=True, out_dir=tmp_path, data_dir=shared_data, progress=False,
+                            only=["transformer-ffn"], overrides=tiny)
+    answers = {q["id"]: q for q in summary["questions"]}
+    assert set(answers) == {q.id for q in QUESTIONS}
+    assert all(a["status"] == "answered" for a in answers.values()), answers
+    assert "GELU effect block 0: IQR" in answers["transformer-bottleneck"]["answer"]
+    assert "iat FFN val ppl" in answers["transformer-iat"]["answer"] and "lower in" in answers["transformer-iat"]["answer"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Beyond the seeds" in report and "| question | how measured | answer |" in report
+    assert all(c["verdict"] == "not run" for c in summary["claims"])  # no seed claim reads this step

@@ -90,19 +90,7 @@ def make_adaptive(
             device=w.device, dtype=w.dtype, **kwargs,
         )
         if copy_weights:
-            if policy == "sva":
-                k = new.rank
-                U, S, Vh = torch.linalg.svd(w, full_matrices=False)
-                root = S[:k].sqrt()
-                new.weight_out.zero_()
-                new.weight_in.zero_()
-                r = min(k, S.numel())
-                new.weight_out[:, :r].copy_(U[:, :r] * root[:r])
-                new.weight_in[:r].copy_(root[:r, None] * Vh[:r])
-            else:
-                new.weight.copy_(w)
-            if lin.bias is not None:
-                new.bias.copy_(lin.bias)
+            new.load_static(w, lin.bias)
         new.train(lin.training)
         _set_submodule(model, name, new)
     return model, [name for name, _ in targets]

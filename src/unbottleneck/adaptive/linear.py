@@ -128,6 +128,29 @@ class AdaptiveLinear(nn.Module):
                 bound = 1 / weights[0].shape[1] ** 0.5
                 nn.init.uniform_(self.bias, -bound, bound)
 
+    @torch.no_grad()
+    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Make :meth:`linearized` the map ``weight @ x + bias``: ``weight`` (m, n) is copied,
+        or for SVA split through its SVD ``U S V^T`` as ``W2 = U S^1/2``, ``W1 = S^1/2 V^T``
+        (exact when ``rank >= min(n, m)``, else the best rank-k approximation)."""
+        if weight.shape != (self.out_features, self.in_features):
+            raise ValueError(f"weight must have shape ({self.out_features}, {self.in_features}), "
+                             f"got {tuple(weight.shape)}")
+        if self.policy == "sva":
+            U, S, Vh = torch.linalg.svd(weight.to(self.weight_in.dtype), full_matrices=False)
+            r = min(self.rank, S.numel())
+            root = S[:r].sqrt()
+            self.weight_out.zero_()
+            self.weight_in.zero_()
+            self.weight_out[:, :r].copy_(U[:, :r] * root)
+            self.weight_in[:r].copy_(root[:, None] * Vh[:r])
+        else:
+            self.weight.copy_(weight)
+        if bias is not None:
+            if self.bias is None:
+                raise ValueError("this layer has no bias (bias=False)")
+            self.bias.copy_(bias)
+
     # -- policy -----------------------------------------------------------------------
     def adaptation(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
         """Policy outputs for ``context`` (..., context_features), split by role.

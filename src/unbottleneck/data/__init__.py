@@ -6,6 +6,7 @@ Files live under ``<root>/<dataset>/`` where the root is an explicit
 pinned by size and sha256 in :data:`DATASETS`.
 """
 
+from .chars import load_char_corpus
 from .cifar import load_cifar10, read_cifar_archive
 from .corpus import (
     CORPORA,
@@ -33,6 +34,7 @@ from .download import (
 from .mnist import MNIST, load_mnist, read_idx
 
 __all__ = [
+    "load_char_corpus",
     "CORPORA",
     "BPTTSchedule",
     "Corpus",

@@ -2,7 +2,7 @@
 
 from .runner import REGISTRY, ConfigError, RunContext, get_experiment, register, run_experiment
 
-_MODULES = ("iat_fit", "iat_memorize", "iat_points", "iat_transfer", "iat_ablation", "iat_classify", "multimodal", "mnist_bottleneck", "lm", "lm_robustness", "lm_compare",
+_MODULES = ("iat_fit", "iat_memorize", "iat_points", "iat_transfer", "iat_ablation", "iat_classify", "multimodal", "transformer_ffn", "mnist_bottleneck", "lm", "lm_robustness", "lm_compare",
             "lm_stability")
 
 

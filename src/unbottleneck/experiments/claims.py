@@ -460,6 +460,7 @@ def claims_for(step: str) -> list[Claim]:
 def claims_markdown() -> str:
     """``docs/claims.md``: every claim, the steps that measure it and its criterion (from :data:`CLAIMS`)."""
     from .common import markdown_table, table_cell
+    from .questions import QUESTIONS
 
     rows = [[f"`{c.id}`", c.area, table_cell(c.claim), table_cell(c.criterion),
              ", ".join(f"`{s}`" for s in c.steps)]
@@ -475,5 +476,14 @@ def claims_markdown() -> str:
         "otherwise; the others compare means over seeds, as their criterion says.",
         "",
         markdown_table(["id", "area", "seed claim", "criterion", "measured by"], rows),
+        "",
+        "## Beyond the seeds",
+        "",
+        "Stated questions, not seed claims (`src/unbottleneck/experiments/questions.py`): `reproduce` reports",
+        "the measured answer, with no met / not met verdict.",
+        "",
+        markdown_table(["id", "question", "how measured", "measured by"],
+                       [[f"`{q.id}`", table_cell(q.question), table_cell(q.method),
+                         ", ".join(f"`{s}`" for s in q.steps)] for q in QUESTIONS]),
         "",
     ])

@@ -24,6 +24,7 @@ from ..training import TrainingInterrupted
 from .claims import CLAIMS, claims_for
 from .common import markdown_table, table_cell
 from .html import markdown_to_html
+from .questions import QUESTIONS
 from .runner import (
     atomic_write_bytes,
     config_json,
@@ -69,6 +70,7 @@ PLAN: list[Step] = [
     Step("iat-ablation"),
     Step("iat-classify"),
     Step("multimodal"),
+    Step("transformer-ffn"),
     Step("mnist-bottleneck", name="mnist-seed", full=("regime=seed",), quick=("regime=seed",)),
     Step("mnist-bottleneck", name="mnist-modern", full=("regime=modern", _MODERN_VARIANTS),
          quick=("regime=modern",)),
@@ -241,6 +243,7 @@ def _write_outputs(outcomes: list[Outcome], out: Path, quick: bool, command: str
                                     "detail": o.detail, "seconds": round(o.seconds, 1)}
                         for o in outcomes},
         "claims": verdicts,
+        "questions": _answers(outcomes),
     }
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     md = _report(outcomes, verdicts, summary, out)
@@ -274,6 +277,27 @@ def _verdicts(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     return rows
 
 
+def _answers(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """The beyond-the-seeds questions with their measured answers (or why there is none)."""
+    by_name = {o.step.id: o for o in outcomes}
+    rows = []
+    for q in QUESTIONS:
+        found = [by_name.get(s) for s in q.steps]
+        if any(o is None for o in found):
+            answer, status = "not in this run", "not run"
+        elif any(o.status != "ok" for o in found):
+            answer, status = "; ".join(f"{o.step.id} {o.status}: {o.detail}" for o in found if o.status != "ok"), \
+                "not run"
+        else:
+            try:
+                answer, status = q.answer(*(o.results["metrics"] for o in found)), "answered"
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                answer, status = f"cannot evaluate ({type(exc).__name__}: {exc})", "not run"
+        rows.append({"id": q.id, "question": q.question, "method": q.method, "experiment": ", ".join(q.steps),
+                     "answer": answer, "status": status})
+    return rows
+
+
 def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: Path) -> str:
     quick = summary["quick"]
     counts = {v: sum(r["verdict"] == v for r in verdicts) for v in ("met", "not met", "undecided", "not run")}
@@ -300,6 +324,16 @@ def _report(outcomes: list[Outcome], verdicts: list[dict], summary: dict, out: P
               f"{table_cell(r['measured'])} ({r['experiment']})",
               {"met": "**met**", "not met": "**not met**"}.get(r["verdict"], r["verdict"])]
              for r in verdicts],
+        ),
+        "",
+        "## Beyond the seeds",
+        "",
+        "Stated questions, not seed claims (not counted in the verdicts above): the measured answer.",
+        "",
+        markdown_table(
+            ["question", "how measured", "answer"],
+            [[table_cell(r["question"]), table_cell(r["method"]), f"{table_cell(r['answer'])} ({r['experiment']})"]
+             for r in summary["questions"]],
         ),
         "",
         "## Experiments",
