@@ -25,10 +25,6 @@ from unbottleneck.adaptive.alstm_fused import _activate, _cell_forward
 from unbottleneck.bench.measure import time_interleaved
 
 
-def _median(stats) -> float:
-    return stats.median if hasattr(stats, "median") else stats["median"]
-
-
 def _cell(pre: torch.Tensor, c_prev: torch.Tensor, size: int):
     """The same cell as one expression: (B, 4S), (B, S) -> act, c, tanh(c), h."""
     i, f = pre[:, :size].sigmoid(), pre[:, size:2 * size].sigmoid()
@@ -58,7 +54,7 @@ def cell_rows(batch: int, sizes: tuple[int, ...], steps: int, repeats: int) -> t
 
         fused()  # compile
         stats = time_interleaved({"eager": eager, "fused": fused}, repeats=repeats)
-        e, f = _median(stats["eager"]) / steps, _median(stats["fused"]) / steps
+        e, f = stats["eager"].median / steps, stats["fused"].median / steps
         total += (e - f) * steps
         rows.append(f"| {S} | {e * 1e6:.1f} | {f * 1e6:.1f} | {(e - f) * steps * 1e3:.2f} |")
     return rows, total
@@ -74,7 +70,7 @@ def alstm_call(batch: int, steps: int, repeats: int, sizes: tuple[int, int, int,
         torch.autograd.grad(y.sum(), [x, *model.parameters()])
 
     call()
-    return _median(time_interleaved({"call": call}, repeats=repeats)["call"])
+    return time_interleaved({"call": call}, repeats=repeats)["call"].median
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,10 +37,6 @@ VARIANTS = {
 }
 
 
-def _median(stats) -> float:
-    return stats.median if hasattr(stats, "median") else stats["median"]
-
-
 def _step(block: nn.Module, lin: nn.Linear, x: torch.Tensor, gy: torch.Tensor):
     def run() -> None:
         xx = x.requires_grad_()
@@ -72,10 +68,10 @@ def block_table(ds: tuple[int, ...], batch: int, repeats: int, device: torch.dev
                 first[label, impl] = _first_call(fn, device)
                 calls[f"{label}/{impl}"] = fn
         stats = time_interleaved(calls, repeats=repeats, device=device)
-        base = _median(stats["relu"])
+        base = stats["relu"].median
         for label in VARIANTS:
-            rows.append(f"| {d} | {label} | {_median(stats[f'{label}/fast']) / base:.2f}x | "
-                        f"{_median(stats[f'{label}/fused']) / base:.2f}x | {first[label, 'fused']:.1f} |")
+            rows.append(f"| {d} | {label} | {stats[f'{label}/fast'].median / base:.2f}x | "
+                        f"{stats[f'{label}/fused'].median / base:.2f}x | {first[label, 'fused']:.1f} |")
     return rows
 
 
@@ -92,9 +88,9 @@ def compiled_table(d: int, batch: int, repeats: int, device: torch.device) -> li
         first[name] = _first_call(fn, device)
         calls[name] = fn
     stats = time_interleaved(calls, repeats=repeats, device=device)
-    base = _median(stats["Linear + ReLU"])
+    base = stats["Linear + ReLU"].median
     rows = ["| compiled block | ms | vs compiled Linear + ReLU | first call (compile), s |", "|---|---|---|---|"]
-    rows += [f"| {k} | {_median(s) * 1e3:.2f} | {_median(s) / base:.2f}x | {first[k]:.1f} |" for k, s in stats.items()]
+    rows += [f"| {k} | {s.median * 1e3:.2f} | {s.median / base:.2f}x | {first[k]:.1f} |" for k, s in stats.items()]
     return rows
 
 

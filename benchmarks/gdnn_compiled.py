@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         calls[name]()
         first[name] = time.perf_counter() - start
     stats = time_interleaved(calls, repeats=5)
-    ms = {k: (v.median if hasattr(v, "median") else v["median"]) * 1e3 for k, v in stats.items()}
+    ms = {k: v.median * 1e3 for k, v in stats.items()}
     base = ms["ReLU MLP"]
     rows = [f"| {k} | {v:.3f} | {v / base:.2f}x | {first.get(k, 0.0):.1f} |" for k, v in ms.items()]
     text = "\n".join([
