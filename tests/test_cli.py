@@ -114,3 +114,12 @@ def test_registry_quick_configs_validate():
         exp = get_experiment(name)
         exp.make_config(quick=True)
         exp.make_config(quick=False)
+
+
+@pytest.mark.parametrize("name", ["iat-fit", "multimodal", "transformer-ffn"])
+def test_device_auto_runs_and_is_recorded_as_asked(name, tmp_path):
+    """device=auto passes validation, so it must run (it used to reach torch.device("auto")
+    in the experiments whose default is "cpu"); config.json keeps "auto"."""
+    sets = [a for kv in [*TINY[name], "device=auto"] for a in ("--set", kv)]
+    assert main(["run", name, "--quick", "--no-progress", "--out", str(tmp_path), *sets]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["device"] == "auto"

@@ -337,7 +337,7 @@ def run_experiment(
     try:
         # constrained layout: no axis label runs into a neighbouring panel in any figure
         with ctx.interrupt, matplotlib.rc_context({"figure.constrained_layout.use": True}):
-            metrics = exp.fn(cfg, ctx)
+            metrics = exp.fn(_concrete_device(cfg), ctx)
     except Exception as exc:
         from ..training import TrainingInterrupted
 
@@ -358,6 +358,16 @@ def run_experiment(
     }
     ctx.write_json("results.json", results)
     return _jsonable(results)
+
+
+def _concrete_device(cfg: Any) -> Any:
+    """``cfg`` with ``device="auto"`` made concrete (CUDA if available, else the CPU) for
+    the experiment's code; config.json and results.json keep "auto" as it was asked."""
+    if getattr(cfg, "device", None) != "auto":
+        return cfg
+    from ..training.distributed import _device
+
+    return dataclasses.replace(cfg, device=str(_device("auto")))
 
 
 def config_json(cfg: Any) -> Any:
