@@ -48,6 +48,17 @@ def test_variants_match_the_mlp_within_one_percent(match):
     assert models["swiglu"].ffn_width < models["mlp"].ffn_width  # three matrices instead of two
 
 
+def test_multiply_add_and_flop_counts():
+    """Counted by hand for the mlp variant: per block 4 d^2 (qkv + out) + 2 T d (scores and
+    values over the full T x T matrix) + 2 d d_ff (the FFN), plus d V for the decoder."""
+    m = _model("mlp")
+    d, T, V, ff, L = 32, 16, 23, 128, 2
+    macs = L * (4 * d * d + 2 * T * d + 2 * d * ff) + d * V
+    assert m.multiply_adds_per_token() == macs
+    assert m.flops_per_token() == 2 * macs and m.flops_per_token(training=True) == 6 * macs
+    assert m.multiply_adds_per_token(8) == macs - L * 2 * 8 * d
+
+
 @pytest.mark.parametrize("ffn", VARIANTS)
 def test_every_variant_trains_a_few_steps_with_finite_loss(ffn):
     model = _model(ffn, dropout=0.1)

@@ -194,6 +194,11 @@ class TransformerLM(nn.Module):
         per_layer = [multiply_adds(b.attn) + 2 * T * d + multiply_adds(b.ffn) for b in self.blocks]
         return sum(per_layer) + d * self.config.vocab_size
 
+    def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> int:
+        """FLOPs per token: 2 per multiply-add of :meth:`multiply_adds_per_token`, times 3
+        for a training step (forward + backward, the usual estimate)."""
+        return 2 * self.multiply_adds_per_token(seq_len) * (3 if training else 1)
+
     # -- forward -----------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
