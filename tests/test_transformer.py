@@ -121,6 +121,14 @@ def test_torch_compile_of_the_model(ffn, backend):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("ffn", ["mlp", "iat"])
+def test_torch_export_of_the_model(ffn):
+    model = _model(ffn).eval()
+    x = torch.randint(0, 23, (2, 10))
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("ffn,expected", [
     ("mlp", {"blocks.{i}.ffn.act": "activation"}),
     ("swiglu", {"blocks.{i}.ffn:silu": "activation"}),
