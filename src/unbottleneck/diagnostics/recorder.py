@@ -240,9 +240,10 @@ class BottleneckRecorder:
         finally:
             self._busy = busy
 
-    def _linearization(self, name: str, module: nn.Module) -> Linearization:
+    def _linearization(self, name: str, phi) -> Linearization:
+        """The linearisation of the element-wise ``phi`` recorded as ``name`` (computed once)."""
         if name not in self._linearizations:
-            self._linearizations[name] = linearize(module.forward, kink=self.kink)
+            self._linearizations[name] = linearize(phi, kink=self.kink)
         return self._linearizations[name]
 
     def _activation_hook(self, name: str):
@@ -251,7 +252,7 @@ class BottleneckRecorder:
                 return
             a = args[0]
             with self._own_work():
-                lin = self._linearization(name, module)
+                lin = self._linearization(name, module.forward)
                 # module.forward on a copy: bypasses the hooks and survives inplace=True.
                 out = module.forward(a.detach().clone())
                 self._record(name, "activation", _activation_name(module), lin, a, out - lin(a))
@@ -282,9 +283,7 @@ class BottleneckRecorder:
         count = self._calls[base] = self._calls.get(base, 0) + 1
         name = base if count == 1 else f"{base}#{count}"
         with self._own_work():
-            if name not in self._linearizations:
-                self._linearizations[name] = linearize(reapply, kink=self.kink)
-            lin = self._linearizations[name]
+            lin = self._linearization(name, reapply)
             self._record(name, "activation", fname, lin, a, out.detach() - lin(a))
 
     def _iat_hook(self, name: str):
@@ -292,9 +291,7 @@ class BottleneckRecorder:
             if not args or not isinstance(args[0], torch.Tensor):
                 return
             with self._own_work():
-                if name not in self._linearizations:
-                    self._linearizations[name] = linearize(module.sigma, kink=self.kink)
-                lin = self._linearizations[name]
+                lin = self._linearization(name, module.sigma)
                 z = args[0].detach().movedim(module.dim, -1)
                 linear = iat_reference(z.to(module.P.dtype), module.P, module.Qw, lin)
                 y = out.detach().movedim(module.dim, -1).to(module.P.dtype)

@@ -56,6 +56,8 @@ from .kernels.fused import traced_expression
 from .quadrature import canonical_quadrature, quadrature_rule
 
 Q_MODES = ("dual", "same", "normalized")
+#: The discretised tensors of a layer (buffers, or parameters when trainable).
+_BASES = ("P", "Qw", "nodes", "weights")
 IMPLEMENTATIONS = ("auto", "fast", "fused", "reference")
 
 
@@ -314,25 +316,27 @@ class IAT(nn.Module):
         followed by ``to_empty()`` needs (trainable bases restart from the discretisation)."""
         if self.P.is_meta:
             return
-        with torch.device("cpu"):
-            mats = discretize(self.in_features, self.out_features, self.basis, self.num_points,
-                              self.quadrature, self.zero_mean, self.q_mode)
-        for k in ("P", "Qw", "nodes", "weights"):
+        mats = self._discretization()
+        for k in _BASES:
             getattr(self, k).copy_(mats[k])
         self.refresh()
+
+    def _discretization(self) -> dict[str, torch.Tensor]:
+        """This layer's bases discretised afresh, float64 on the CPU (keys :data:`_BASES`)."""
+        with torch.device("cpu"):
+            return discretize(self.in_features, self.out_features, self.basis, self.num_points,
+                              self.quadrature, self.zero_mean, self.q_mode)
 
     @torch.no_grad()
     def _restore_exact_bases(self, before: torch.dtype) -> None:
         """After a cast to a wider dtype (float32 -> float64) the bases carry float32's
         rounding, which the exact structure tests reject (the layer would silently lose
         its kernel); rebuild them from the float64 discretisation unless they were edited."""
-        mats = discretize(self.in_features, self.out_features, self.basis, self.num_points,
-                          self.quadrature, self.zero_mean, self.q_mode)
-        names = ("P", "Qw", "nodes", "weights")
-        current = {k: getattr(self, k) for k in names}
-        exact = {k: mats[k].to(device=current[k].device) for k in names}
-        if all(torch.equal(exact[k].to(before).to(current[k].dtype), current[k]) for k in names):
-            for k in names:
+        mats = self._discretization()
+        current = {k: getattr(self, k) for k in _BASES}
+        exact = {k: mats[k].to(device=current[k].device) for k in _BASES}
+        if all(torch.equal(exact[k].to(before).to(current[k].dtype), current[k]) for k in _BASES):
+            for k in _BASES:
                 current[k].copy_(exact[k])
 
     @property

@@ -8,9 +8,9 @@ Inductor turns each into fused loops (C++/OpenMP on CPU, Triton on CUDA), so the
 intermediates of ``select`` and ``band`` are never materialised; the Fourier FFTs stay
 library calls with the element-wise work around them fused.
 
-Here they are compiled once per (device type, dtype, nonlinearity, kernel, direction)
-with a dynamic batch dimension and wrapped in one autograd Function that saves only the
-input.  Where compiling fails (e.g. no C++ compiler), :func:`fused_iat` warns once per
+Here they are compiled once per (device type, dtype, nonlinearity, layer signature,
+direction) with a dynamic batch dimension and wrapped in one autograd Function that saves
+only the input.  Where compiling fails (e.g. no C++ compiler), :func:`fused_iat` warns once per
 device type and returns None, and the caller runs the eager kernel.
 """
 
@@ -67,6 +67,16 @@ def _signature(obj: Any) -> Any:
     return type(obj).__name__
 
 
+def _kernel_signature(kern: Kernel) -> Any:
+    """:func:`_signature` of ``kern``, kept on the kernel: walking a band kernel's parts
+    takes ~30 us, on every call otherwise (kernels are rebuilt, never edited, when a
+    layer's bases change)."""
+    sig = kern.__dict__.get("_fused_signature")
+    if sig is None:
+        sig = kern.__dict__["_fused_signature"] = _signature(kern)
+    return sig
+
+
 def _compiled_pair(device_type: str, dtype: torch.dtype, sigma_name: str, sigma: Nonlinearity,
                    kern: Kernel) -> tuple[Callable, Callable, Callable]:
     """Compiled forward and backward expressions of ``kern``'s kind, and the backward
@@ -82,7 +92,7 @@ def _compiled_pair(device_type: str, dtype: torch.dtype, sigma_name: str, sigma:
         return gradient(z, gy, kern, slope, basis)
 
     with _lock:
-        sig = (device_type, dtype, sigma_name, _signature(kern))
+        sig = (device_type, dtype, sigma_name, _kernel_signature(kern))
         keys = [(*sig, name) for name in ("forward", "backward")]
         for key, fn in zip(keys, (forward, backward), strict=True):
             if key not in _compiled:

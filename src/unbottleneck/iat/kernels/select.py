@@ -55,9 +55,8 @@ def _select_forward(z: torch.Tensor, kern: _SelectKernel, sigma: Nonlinearity) -
 
 def select_expression(z: torch.Tensor, kern: _SelectKernel, sigma: Nonlinearity,
                       basis: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`_select_forward` as one expression for a compiler: (N, d) -> (N, m)."""
-    r = sigma(z)
-    return r * kern.gain if kern.gain is not None else r @ kern.mix
+    """:func:`_select_forward` with the signature of every fused expression: (N, d) -> (N, m)."""
+    return _select_forward(z, kern, sigma)
 
 
 def select_expression_backward(z: torch.Tensor, gy: torch.Tensor, kern: _SelectKernel,
