@@ -1,7 +1,8 @@
 """Questions beyond the seeds: measured answers, not verdicts.
 
 The seeds test their remedies on MLPs and LSTMs; these rows ask the same of a
-transformer's feed-forward blocks (:mod:`.transformer_ffn`).  Each :class:`Question`
+transformer's feed-forward blocks (:mod:`.transformer_ffn`, whose own report lists the
+same answers).  Each :class:`Question`
 states what is asked and how it is measured, fixed in code before the run that answers
 it; ``answer`` reads the step's ``metrics`` and returns the measured answer as text
 (``unbottleneck reproduce`` lists them under "Beyond the seeds", apart from the claims'
@@ -39,11 +40,9 @@ def _iat_versus_relu(m: dict[str, Any]) -> str:
     s, relu, gelu = (m["summary"].get(v) for v in ("iat", "mlp-relu", "mlp"))
     if s is None or relu is None:
         return "iat or mlp-relu missing from this run"
-    runs = m.get("runs", {})
-    wins = sum(a["val_ppl"] < b["val_ppl"] for a, b in zip(runs.get("iat", []), runs.get("mlp-relu", []), strict=False))
     return (f"iat val ppl {fmt(s['val_ppl'], 3)} vs ReLU {fmt(relu['val_ppl'], 3)}"
             + (f" (GELU {fmt(gelu['val_ppl'], 3)})" if gelu else "")
-            + f", lower in {wins}/{min(len(runs.get('iat', [])), len(runs.get('mlp-relu', [])))} seeds")
+            + f", lower in {s['val_lower_than_relu']}/{min(s['seeds'], relu['seeds'])} seeds")
 
 
 def _versus_gelu(variant: str) -> Callable[[dict[str, Any]], str]:
@@ -70,6 +69,9 @@ QUESTIONS: list[Question] = [
     Question("transformer-iat-vs-relu", "Is IAT-ReLU's difference from GELU more than a plain ReLU's? "
              "(a control added after the first results were seen)", "the mlp block with ReLU (mlp-relu) at "
              "the same width and budget against iat", ("transformer-ffn",), _iat_versus_relu),
+    Question("transformer-relu-control", "How far does a plain ReLU in the same block (the control for "
+             "IAT-ReLU, added after the first results were seen) get against GELU?", "as above",
+             ("transformer-ffn",), _versus_gelu("mlp-relu")),
     Question("transformer-adaptive", "Does an adaptive first FFN projection (SVA, policy on the block input) "
              "lower validation perplexity at equal parameters?", "as above", ("transformer-ffn",),
              _versus_gelu("adaptive")),

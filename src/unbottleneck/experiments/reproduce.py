@@ -253,24 +253,33 @@ def _write_outputs(outcomes: list[Outcome], out: Path, quick: bool, command: str
     return summary
 
 
+def _measure(steps: tuple[str, ...], by_name: dict[str, Outcome], read: Any) -> tuple[str, Any]:
+    """``read`` applied to the steps' metrics, in order: ``("ok", its result)``, else
+    ``("not run", why)`` for a step missing from the run or not finished, or ``("error",
+    why)`` when the metrics do not hold what ``read`` needs."""
+    found = [by_name.get(s) for s in steps]
+    missing = [s for s, o in zip(steps, found, strict=True) if o is None]
+    if missing:
+        return "not run", f"not in this run ({', '.join(missing)})"
+    failed = [o for o in found if o.status != "ok"]
+    if failed:
+        return "not run", "; ".join(f"{o.step.id} {o.status}: {o.detail}" for o in failed)
+    try:
+        return "ok", read(*(o.results["metrics"] for o in found))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        return "error", f"cannot evaluate ({type(exc).__name__}: {exc})"
+
+
 def _verdicts(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     by_name = {o.step.id: o for o in outcomes}
     rows = []
     for claim in CLAIMS:
-        found = [by_name.get(s) for s in claim.steps]
-        missing = [s for s, o in zip(claim.steps, found, strict=True) if o is None]
-        failed = [o for o in found if o is not None and o.status != "ok"]
-        if missing:
-            measured, verdict = f"not in this run ({', '.join(missing)})", "not run"
-        elif failed:
-            measured, verdict = "; ".join(f"{o.step.id} {o.status}: {o.detail}" for o in failed), "not run"
-        else:
-            try:
-                text, ok = claim.check(*(o.results["metrics"] for o in found))
-            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-                text, ok = f"cannot evaluate ({type(exc).__name__}: {exc})", None
-            measured = text
+        status, result = _measure(claim.steps, by_name, claim.check)
+        if status == "ok":
+            measured, ok = result
             verdict = "undecided" if ok is None else ("met" if ok else "not met")
+        else:  # a claim that cannot be evaluated from finished steps is undecided
+            measured, verdict = result, "not run" if status == "not run" else "undecided"
         rows.append({"id": claim.id, "area": claim.area, "claim": claim.claim,
                      "criterion": claim.criterion, "experiment": claim.experiment,
                      "measured": measured, "verdict": verdict})
@@ -282,17 +291,8 @@ def _answers(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     by_name = {o.step.id: o for o in outcomes}
     rows = []
     for q in QUESTIONS:
-        found = [by_name.get(s) for s in q.steps]
-        if any(o is None for o in found):
-            answer, status = "not in this run", "not run"
-        elif any(o.status != "ok" for o in found):
-            answer, status = "; ".join(f"{o.step.id} {o.status}: {o.detail}" for o in found if o.status != "ok"), \
-                "not run"
-        else:
-            try:
-                answer, status = q.answer(*(o.results["metrics"] for o in found)), "answered"
-            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-                answer, status = f"cannot evaluate ({type(exc).__name__}: {exc})", "not run"
+        status, answer = _measure(q.steps, by_name, q.answer)
+        status = "answered" if status == "ok" else "not run"
         rows.append({"id": q.id, "question": q.question, "method": q.method, "experiment": ", ".join(q.steps),
                      "answer": answer, "status": status})
     return rows

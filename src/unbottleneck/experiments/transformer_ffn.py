@@ -157,6 +157,13 @@ def windows(stream: torch.Tensor, seq_len: int, limit: int = 0) -> torch.Tensor:
     return stream[idx]
 
 
+def next_token_loss(model: TransformerLM, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (nats) of the model's predictions for a (B, T + 1) batch of windows:
+    inputs ``b[:, :-1]``, targets ``b[:, 1:]``."""
+    logits = model(b[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1), reduction=reduction)
+
+
 @torch.no_grad()
 def evaluate(model: TransformerLM, wins: torch.Tensor, batch: int, device: str) -> float:
     """Mean next-token cross-entropy (nats) over the windows."""
@@ -164,8 +171,7 @@ def evaluate(model: TransformerLM, wins: torch.Tensor, batch: int, device: str) 
     total, count = 0.0, 0
     for b in wins.split(batch):
         b = b.to(device)
-        logits = model(b[:, :-1])
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1), reduction="sum"))
+        total += float(next_token_loss(model, b, reduction="sum"))
         count += b[:, 1:].numel()
     model.train()
     return total / count
@@ -210,8 +216,7 @@ def train_one(cfg: TransformerFFNConfig, variant: str, seed: int, corpus, bar) -
         start = time.perf_counter()
         starts = torch.randint(0, train.numel() - cfg.seq_len - 1, (cfg.batch_size,), generator=order)
         b = train[starts[:, None] + offsets].to(cfg.device)
-        logits = model(b[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1))
+        loss = next_token_loss(model, b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .common import fmt, markdown_table, mean_std, plural
+from .questions import QUESTIONS
 from .runner import RunContext
 
 #: which record stands for a block's FFN non-linearity, by kind (first found wins)
@@ -39,6 +40,11 @@ def _layers(rs: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def _lower_in(rs: list[dict], other: list[dict]) -> int:
+    """Seeds (paired by index) in which ``rs`` ends with the lower validation perplexity."""
+    return sum(r["val_ppl"] < b["val_ppl"] for r, b in zip(rs, other, strict=False))
+
+
 def summarize(runs: dict[str, list[dict]]) -> dict[str, Any]:
     base = runs.get("mlp")
     out: dict[str, Any] = {}
@@ -56,13 +62,13 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, Any]:
             n = min(len(rs), len(base))
             s["params_vs_mlp"] = s["params"] / base[0]["params"] - 1
             s["ffn_params_vs_mlp"] = s["ffn_params"] / base[0]["ffn_params"] - 1
-            s["time_vs_mlp"] = base[0]["tokens_per_s"] and mean_std(
-                b["tokens_per_s"] / r["tokens_per_s"] for r, b in zip(rs[:n], base[:n], strict=True))
-            s["val_lower_than_mlp"] = sum(r["val_ppl"] < b["val_ppl"] for r, b in zip(rs[:n], base[:n], strict=True))
+            s["time_vs_mlp"] = mean_std(b["tokens_per_s"] / r["tokens_per_s"]
+                                        for r, b in zip(rs[:n], base[:n], strict=True))
+            s["val_lower_than_mlp"] = _lower_in(rs, base)
             s["paired_seeds"] = n
         relu = runs.get("mlp-relu")
         if relu is not None:
-            s["val_lower_than_relu"] = sum(r["val_ppl"] < b["val_ppl"] for r, b in zip(rs, relu, strict=False))
+            s["val_lower_than_relu"] = _lower_in(rs, relu)
         out[v] = s
     return out
 
@@ -134,24 +140,9 @@ def _setup(cfg) -> str:
 
 
 def answers(summary: dict) -> list[str]:
-    """The questions' measured answers, one line each."""
-    lines = []
-    base = summary.get("mlp")
-    if base is not None:
-        iqr = ", ".join(f"{row['effect']['iqr']['mean']:.3g}" for row in base["layers"])
-        share = ", ".join(f"{row['effect']['share_beyond_0.05']['mean']:.1%}" for row in base["layers"])
-        lines.append(f"GELU effect IQR per block: {iqr}; share of |effect| > 0.05: {share}")
-    for v, s in summary.items():
-        if v == "mlp" or base is None:
-            continue
-        lines.append(f"{v} val ppl {fmt(s['val_ppl'], 3)} vs mlp (GELU) {fmt(base['val_ppl'], 3)} at "
-                     f"{s['params_vs_mlp']:+.2%} parameters, lower in {s['val_lower_than_mlp']}/{s['paired_seeds']} "
-                     f"seeds, {fmt(s['time_vs_mlp'], 2)}x the time per token")
-    if "iat" in summary and "mlp-relu" in summary:
-        s, relu = summary["iat"], summary["mlp-relu"]
-        lines.append(f"iat (IAT-ReLU) val ppl {fmt(s['val_ppl'], 3)} vs the ReLU control {fmt(relu['val_ppl'], 3)}, "
-                     f"lower in {s['val_lower_than_relu']}/{min(s['seeds'], relu['seeds'])} seeds")
-    return lines
+    """The stated questions with their measured answers (the same text as ``reproduce``'s
+    "Beyond the seeds" rows: :mod:`.questions`), one line each."""
+    return [f"**{q.question}** {q.answer({'summary': summary})}" for q in QUESTIONS]
 
 
 def report(cfg, ctx: RunContext, summary: dict) -> str:
